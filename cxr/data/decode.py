@@ -1,0 +1,80 @@
+"""Decode any chest X-ray file to one 8-bit grayscale array and resize it to a square.
+
+OpenCV decodes 8- and 16-bit, gray, RGB and RGBA files; everything ends as uint8 (H, W).
+16-bit images (DICOM-derived PNG/TIFF) are min-max windowed to 0-255 per image, since their
+useful range rarely spans the full 16 bits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from cxr.errors import DataError
+
+ResizePolicy = Literal["pad", "crop"]
+_GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Scale a non-uint8 image to uint8 by its own min and max."""
+    if image.dtype == np.uint8:
+        return image
+    image = image.astype(np.float32)
+    low, high = float(image.min()), float(image.max())
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return ((image - low) * scale).round().astype(np.uint8)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Gray from OpenCV's gray/BGR/BGRA layouts (alpha is dropped)."""
+    if image.ndim == 2:
+        return image
+    channels = image.shape[2]
+    if channels == 1:
+        return image[:, :, 0]
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+    raise ValueError(f"cannot convert an image with {channels} channels to gray")
+
+
+def to_gray_batch(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) RGB(A) uint8 array to (N, H, W) gray, ITU-R 601 weights."""
+    gray = images[..., :3].astype(np.float32) @ _GRAY_WEIGHTS
+    return gray.round().clip(0, 255).astype(np.uint8)
+
+
+def decode_gray(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 (H, W); raise DataError naming the file if it cannot."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    if data.size == 0:
+        raise DataError(f"zero-byte image file: {path}")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise DataError(f"corrupt or unreadable image file: {path}")
+    return to_gray(to_uint8(image))
+
+
+def resize_square(image: np.ndarray, size: int, policy: ResizePolicy = "pad") -> np.ndarray:
+    """Make ``image`` square (zero-pad the short side, or center-crop the long one), then resize."""
+    h, w = image.shape
+    if policy == "pad":
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        image = cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left,
+                                   cv2.BORDER_CONSTANT, value=0)
+    elif policy == "crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        image = image[top:top + side, left:left + side]
+    else:
+        raise ValueError(f"unknown resize policy {policy!r}: use 'pad' or 'crop'")
+    if image.shape[0] == size:
+        return np.ascontiguousarray(image)
+    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)

@@ -1,0 +1,138 @@
+"""ImageSet: the one typed artifact that carries images and labels between steps.
+
+A manifest DataFrame (one row per image: id, source path, patient id, split) plus a label
+matrix, a label mask (False where the label is unknown) and, once preprocessed, a uint8
+array of decoded, resized grayscale images that later steps read instead of image files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+MANIFEST_COLUMNS = ("id", "path", "patient_id", "split")
+LABEL_PREFIX = "label:"
+MASK_PREFIX = "known:"
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images with their labels, label mask and provenance.
+
+    Args:
+        manifest: one row per image with the columns in ``MANIFEST_COLUMNS``.
+        label_names: names of the label columns, in model output order (may be empty).
+        labels: float32 (N, L) with 0/1 where known (0 where unknown).
+        mask: bool (N, L), True where the label is known.
+        images: uint8 (N, H, W) decoded grayscale images, or None before preprocessing.
+        skipped: files left out under ``skip_corrupt``, as dicts with ``path`` and ``reason``.
+    """
+
+    manifest: pd.DataFrame
+    label_names: tuple[str, ...]
+    labels: np.ndarray
+    mask: np.ndarray
+    images: np.ndarray | None = None
+    skipped: tuple[dict, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        n, n_labels = len(self.manifest), len(self.label_names)
+        missing = [c for c in MANIFEST_COLUMNS if c not in self.manifest.columns]
+        if missing:
+            raise ValueError(f"ImageSet manifest lacks columns {missing}")
+        if self.labels.shape != (n, n_labels) or self.mask.shape != (n, n_labels):
+            raise ValueError(
+                f"ImageSet labels {self.labels.shape} / mask {self.mask.shape} do not match "
+                f"{n} images x {n_labels} labels"
+            )
+        if self.images is not None and (self.images.ndim != 3 or len(self.images) != n):
+            raise ValueError(f"ImageSet images must be (N={n}, H, W), got {self.images.shape}")
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.manifest["id"].tolist()
+
+    @property
+    def is_labelled(self) -> bool:
+        return bool(self.label_names) and bool(self.mask.any())
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "ImageSet":
+        """Rows ``index`` of every part, in that order."""
+        index = np.asarray(index, dtype=np.int64)
+        return replace(
+            self,
+            manifest=self.manifest.iloc[index].reset_index(drop=True),
+            labels=self.labels[index],
+            mask=self.mask[index],
+            images=None if self.images is None else self.images[index],
+        )
+
+    def split(self, name: str) -> "ImageSet":
+        """The rows whose ``split`` column equals ``name``."""
+        return self.subset(np.flatnonzero(self.manifest["split"].to_numpy() == name))
+
+    def with_images(self, images: np.ndarray, keep: np.ndarray | None = None,
+                    skipped: Sequence[dict] = ()) -> "ImageSet":
+        """A copy holding decoded ``images`` for the rows in ``keep`` (all rows if None)."""
+        base = self if keep is None else self.subset(keep)
+        return replace(base, images=images, skipped=tuple(self.skipped) + tuple(skipped))
+
+    def fingerprint(self) -> str:
+        """Content hash of manifest, labels, mask and images (or, before decoding, file stats).
+
+        Lets a cache tell an unchanged set from a changed one even when it was re-read.
+        """
+        digest = hashlib.blake2b(digest_size=20)
+        digest.update(json.dumps(self.label_names).encode())
+        digest.update(pd.util.hash_pandas_object(self.label_frame(), index=False).to_numpy().tobytes())
+        if self.images is not None:
+            digest.update(str(self.images.shape).encode())
+            digest.update(memoryview(np.ascontiguousarray(self.images)).cast("B"))
+        else:
+            for path in self.manifest["path"]:
+                stat = os.stat(path) if os.path.isfile(path) else None
+                digest.update(f"{path}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}".encode())
+        return digest.hexdigest()
+
+    def label_frame(self) -> pd.DataFrame:
+        """Manifest plus one label and one mask column per label name (for parquet)."""
+        frame = self.manifest.copy()
+        for j, name in enumerate(self.label_names):
+            frame[LABEL_PREFIX + name] = self.labels[:, j]
+            frame[MASK_PREFIX + name] = self.mask[:, j]
+        return frame
+
+    @classmethod
+    def from_label_frame(cls, frame: pd.DataFrame, label_names: Sequence[str],
+                         images: np.ndarray | None = None,
+                         skipped: Sequence[dict] = ()) -> "ImageSet":
+        """Inverse of ``label_frame``."""
+        names = tuple(label_names)
+        labels = np.stack([frame[LABEL_PREFIX + n].to_numpy(np.float32) for n in names], 1) \
+            if names else np.zeros((len(frame), 0), np.float32)
+        mask = np.stack([frame[MASK_PREFIX + n].to_numpy(bool) for n in names], 1) \
+            if names else np.zeros((len(frame), 0), bool)
+        return cls(frame[list(MANIFEST_COLUMNS)].reset_index(drop=True), names,
+                   labels.reshape(len(frame), len(names)), mask.reshape(len(frame), len(names)),
+                   images, tuple(skipped))
+
+
+def make_manifest(ids: Sequence[str], paths: Sequence[str],
+                  patient_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """A manifest with every image in the 'all' split; patient id defaults to the image id."""
+    ids = [str(i) for i in ids]
+    return pd.DataFrame({
+        "id": ids,
+        "path": [str(p) for p in paths],
+        "patient_id": [str(p) for p in patient_ids] if patient_ids is not None else ids,
+        "split": "all",
+    })

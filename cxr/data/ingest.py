@@ -1,0 +1,71 @@
+"""One config for every data source, and the data-root setting that configs refer to.
+
+Paths may start with ``{data_dir}``, which expands to ``$CXR_DATA_DIR`` (default: the
+``shared/data`` folder beside the project checkout), so one setting moves all configs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cxr.data.imageset import ImageSet
+from cxr.data.sources import read_class_folders, read_csv_table, read_image_folder, read_medmnist_npz
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def data_dir() -> Path:
+    """``$CXR_DATA_DIR``, or ``../shared/data`` beside the project."""
+    return Path(os.environ.get("CXR_DATA_DIR", DEFAULT_DATA_DIR))
+
+
+def resolve_path(path: str) -> Path:
+    """Expand ``{data_dir}`` and ``~`` in a configured path."""
+    return Path(path.replace("{data_dir}", str(data_dir()))).expanduser()
+
+
+class IngestConfig(BaseModel):
+    """Where the images are and how to read their labels (``parameters.data`` in YAML).
+
+    ``source``: ``folders`` (one sub-folder per class), ``images`` (flat unlabelled folder),
+    ``csv`` (table + image folder) or ``medmnist`` (``.npz``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["folders", "images", "csv", "medmnist"]
+    path: str = Field(description="class-folder root, image folder, CSV file or .npz file")
+    image_dir: str | None = Field(None, description="csv: folder holding the images")
+    negative_class: str | None = Field(None, description="folders: class folder with no label column")
+    patient_id_pattern: str | None = Field(None, description="regex; group 1 of the id is the patient")
+    id_column: str = "id"
+    label_columns: list[str] | None = None
+    path_column: str | None = None
+    patient_column: str | None = None
+    image_suffix: str = Field("", description="csv without path_column: file = id + suffix")
+    split: str = Field("train", description="medmnist: train, val or test")
+    label_names: list[str] = Field(default_factory=list,
+                                   description="images: label columns to predict; medmnist: names")
+
+    @model_validator(mode="after")
+    def _check(self) -> "IngestConfig":
+        if self.source == "csv" and not self.image_dir:
+            raise ValueError("data.image_dir is required when data.source is 'csv'")
+        return self
+
+
+def read_source(cfg: IngestConfig) -> ImageSet:
+    """Read the configured source into an ImageSet (every row in split 'all')."""
+    path = resolve_path(cfg.path)
+    if cfg.source == "folders":
+        return read_class_folders(path, cfg.negative_class, cfg.patient_id_pattern)
+    if cfg.source == "images":
+        return read_image_folder(path, cfg.label_names)
+    if cfg.source == "csv":
+        return read_csv_table(path, resolve_path(cfg.image_dir), cfg.id_column, cfg.label_columns,
+                              cfg.path_column, cfg.patient_column, cfg.image_suffix)
+    return read_medmnist_npz(path, cfg.split, cfg.label_names or None)

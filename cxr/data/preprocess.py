@@ -1,0 +1,89 @@
+"""Decode once, in parallel: files to one uint8 (N, S, S) array, resized and CLAHE-equalised.
+
+OpenCV releases the GIL while decoding, resizing and equalising, so a thread pool uses
+every core without copying images between processes.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from cxr.data.decode import ResizePolicy, decode_gray, resize_square
+from cxr.data.imageset import ImageSet
+from cxr.errors import DataError, list_problems
+from cxr.features.clahe import apply_clahe
+
+
+class PreprocessConfig(BaseModel):
+    """How images are decoded, resized and equalised (``steps.preprocess`` in YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: int = Field(224, ge=16, le=2048, description="side of the square output, px")
+    resize_policy: ResizePolicy = Field("pad", description="pad to square, or center-crop")
+    clahe: bool = Field(True, description="apply CLAHE after resizing")
+    clahe_clip_limit: float = Field(2.0, gt=0)
+    clahe_tile_grid: int = Field(8, ge=1, le=64)
+    num_workers: int = Field(0, ge=0, description="threads; 0 means one per core")
+    skip_corrupt: bool = Field(False, description="leave out unreadable files instead of failing")
+
+
+def prepare_image(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Resize and (optionally) equalise one decoded uint8 (H, W) image."""
+    image = resize_square(image, cfg.image_size, cfg.resize_policy)
+    if cfg.clahe:
+        image = apply_clahe(image, cfg.clahe_clip_limit, cfg.clahe_tile_grid)
+    return image
+
+
+def _load(path: str, cfg: PreprocessConfig) -> np.ndarray | str:
+    """The prepared image, or the error message if the file cannot be decoded."""
+    try:
+        return prepare_image(decode_gray(path), cfg)
+    except DataError as err:
+        return str(err)
+
+
+def preprocess_imageset(imageset: ImageSet, cfg: PreprocessConfig,
+                        progress: bool = True) -> ImageSet:
+    """Decode (or take already decoded) images, resize and equalise them into one array.
+
+    Unreadable files raise one DataError listing them all, unless ``cfg.skip_corrupt``:
+    then they are dropped from the set and recorded in ``ImageSet.skipped``.
+    """
+    n = len(imageset)
+    if imageset.images is not None:
+        sources = list(imageset.images)
+        work = lambda i: prepare_image(sources[i], cfg)  # noqa: E731
+    else:
+        paths = imageset.manifest["path"].tolist()
+        work = lambda i: _load(paths[i], cfg)  # noqa: E731
+    workers = cfg.num_workers or os.cpu_count() or 1
+    out = np.empty((n, cfg.image_size, cfg.image_size), np.uint8)
+    failed: list[tuple[int, str]] = []
+    previous_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            results = pool.map(work, range(n))
+            for i, result in enumerate(tqdm(results, total=n, desc="preprocess", disable=not progress)):
+                if isinstance(result, str):
+                    failed.append((i, result))
+                else:
+                    out[i] = result
+    finally:
+        cv2.setNumThreads(previous_threads)
+    if failed and not cfg.skip_corrupt:
+        raise DataError(f"{len(failed)} image(s) could not be decoded (set skip_corrupt to leave "
+                        "them out):" + list_problems([msg for _, msg in failed]))
+    if not failed:
+        return imageset.with_images(out)
+    keep = np.setdiff1d(np.arange(n), [i for i, _ in failed])
+    skipped = [{"path": imageset.manifest["path"].iloc[i], "reason": msg} for i, msg in failed]
+    return imageset.with_images(out[keep], keep=keep, skipped=skipped)

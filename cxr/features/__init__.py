@@ -1,0 +1,1 @@
+"""Image transforms that are not learned: CLAHE."""
