@@ -1,0 +1,70 @@
+"""Test-time augmentation: the reference five views, run as one stacked batch per image batch."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from cxr.data.imageset import ImageSet
+from cxr.infer.predict import View, predict_proba
+from cxr.models.checkpoint import Checkpoint
+
+
+def _rotate(degrees: float) -> View:
+    def view(x: torch.Tensor) -> torch.Tensor:
+        a = math.radians(degrees)
+        theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]],
+                             dtype=x.dtype, device=x.device).expand(len(x), 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return view
+
+
+def _center_zoom(factor: float) -> View:
+    def view(x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-1]
+        crop = int(round(size / factor))
+        start = (size - crop) // 2
+        patch = x[..., start:start + crop, start:start + crop]
+        return F.interpolate(patch, size=(size, size), mode="bilinear", align_corners=False)
+    return view
+
+
+TTA_VIEWS: dict[str, View] = {
+    "original": lambda x: x,
+    "hflip": lambda x: torch.flip(x, dims=(-1,)),
+    "rotate+5": _rotate(5.0),
+    "rotate-5": _rotate(-5.0),
+    "zoom": _center_zoom(1.1),
+}
+REFERENCE_VIEWS = tuple(TTA_VIEWS)
+
+
+def tta_views(names: Sequence[str]) -> tuple[View, ...]:
+    """The named views; raises naming any unknown one."""
+    unknown = [n for n in names if n not in TTA_VIEWS]
+    if unknown:
+        raise ValueError(f"unknown TTA views {unknown}; choose from {list(TTA_VIEWS)}")
+    return tuple(TTA_VIEWS[n] for n in names)
+
+
+def predict_imageset(checkpoint: Checkpoint, imageset: ImageSet, views: Sequence[str] = REFERENCE_VIEWS,
+                     batch_size: int = 64, device: str = "auto") -> pd.DataFrame:
+    """Predictions DataFrame: ``id`` plus one probability column per label, TTA-averaged."""
+    if imageset.images is None:
+        raise ValueError("the image set has no decoded images: run preprocess first")
+    size = checkpoint.meta.image_size
+    if imageset.images.shape[1:] != (size, size):
+        raise ValueError(f"images are {imageset.images.shape[1:]} but the model was trained at "
+                         f"{size}x{size}: preprocess them with the training settings")
+    model = checkpoint.build_model()
+    probs = predict_proba(model, imageset.images, checkpoint.meta.mean, checkpoint.meta.std,
+                          batch_size, device, tta_views(views))
+    frame = pd.DataFrame(probs.astype(np.float64), columns=checkpoint.meta.label_names)
+    frame.insert(0, "id", imageset.ids)
+    return frame

@@ -1,0 +1,94 @@
+"""Evaluation plots as PIL images (shown by ZenML, logged to MLflow)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+
+def _to_image(fig: plt.Figure) -> Image.Image:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    buffer.seek(0)
+    image = Image.open(buffer)
+    image.load()
+    return image
+
+
+def roc_curves(y: np.ndarray, p: np.ndarray, label_names: list[str],
+               mask: np.ndarray | None = None) -> Image.Image:
+    """ROC curve per label (known labels only) with its AUC in the legend."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for j, name in enumerate(label_names):
+        keep = slice(None) if mask is None else mask[:, j]
+        yj = (y[keep, j] > 0.5).astype(int)
+        if len(np.unique(yj)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(yj, p[keep, j])
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {np.trapezoid(tpr, fpr):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (validation)",
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    return _to_image(fig)
+
+
+def training_curves(history: pd.DataFrame) -> Image.Image:
+    """Train/val loss and val AUC per epoch."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
+    left.plot(history["epoch"], history["val_loss"], marker="o", label="val BCE")
+    left.set(xlabel="epoch", ylabel="loss", title="loss")
+    left.legend()
+    right.plot(history["epoch"], history["val_auc"], marker="o", c="tab:green")
+    best = history["val_auc"].idxmax()
+    right.scatter([history["epoch"][best]], [history["val_auc"][best]], s=120, facecolors="none",
+                  edgecolors="red", label=f"best {history['val_auc'][best]:.4f}")
+    right.set(xlabel="epoch", ylabel="mean ROC AUC", title="validation AUC")
+    right.legend()
+    return _to_image(fig)
+
+
+def confusion_matrices(report: pd.DataFrame) -> Image.Image:
+    """One 2x2 confusion matrix per label at its tuned threshold."""
+    n = len(report)
+    cols = min(n, 4)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3 * rows), squeeze=False)
+    for ax, row in zip(axes.flat, report.itertuples()):
+        matrix = np.array([[row.tn, row.fp], [row.fn, row.tp]])
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, str(value), ha="center", va="center",
+                    color="white" if value > matrix.max() / 2 else "black")
+        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["pred 0", "pred 1"],
+               yticklabels=["true 0", "true 1"], title=f"{row.label} @ {row.threshold:.2f}")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return _to_image(fig)
+
+
+def image_grid(imageset, count: int = 16, seed: int = 0) -> Image.Image:
+    """A seeded sample of decoded images with their ids and positive labels, 4 per row."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(imageset), min(count, len(imageset)), replace=False))
+    cols = min(4, len(pick))
+    rows = int(np.ceil(len(pick) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+    for ax, i in zip(axes.flat, pick):
+        positives = [n for j, n in enumerate(imageset.label_names)
+                     if imageset.mask[i, j] and imageset.labels[i, j] > 0.5]
+        ax.imshow(imageset.images[i], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{imageset.ids[i][:22]}\n{', '.join(positives) or '-'}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    return _to_image(fig)

@@ -1,0 +1,1 @@
+"""Backbones, heads, classifiers and checkpoints."""

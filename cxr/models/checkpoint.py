@@ -1,0 +1,73 @@
+"""Checkpoints as safetensors weights plus JSON metadata; never pickled modules.
+
+A checkpoint folder holds ``model.safetensors`` and ``meta.json`` (architecture, image size,
+label names, normalisation, epoch, val metrics), which is all needed to rebuild the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+
+from cxr.models.classifier import Classifier, ModelConfig
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"
+
+
+class CheckpointMeta(BaseModel):
+    """What a checkpoint needs besides its weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig
+    image_size: int
+    label_names: list[str]
+    mean: float = Field(description="input normalisation: (x/255 - mean) / std")
+    std: float
+    epoch: int = 0
+    val_metrics: dict[str, float] = Field(default_factory=dict)
+    preprocess: dict = Field(default_factory=dict, description="PreprocessConfig used in training")
+
+
+@dataclass
+class Checkpoint:
+    """Weights (name -> tensor) and metadata of one trained classifier."""
+
+    state_dict: dict[str, torch.Tensor]
+    meta: CheckpointMeta
+
+    def build_model(self) -> Classifier:
+        """The classifier with these weights, in eval mode, with no hub or file download."""
+        model = Classifier(self.meta.model, len(self.meta.label_names), load_weights=False)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+    @classmethod
+    def from_model(cls, model: Classifier, meta: CheckpointMeta) -> "Checkpoint":
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+        return cls(state, meta)
+
+
+def save_checkpoint(checkpoint: Checkpoint, folder: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``meta.json`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(checkpoint.state_dict, str(folder / WEIGHTS_FILE))
+    (folder / META_FILE).write_text(checkpoint.meta.model_dump_json(indent=2))
+    return folder
+
+
+def load_checkpoint(folder: str | Path) -> Checkpoint:
+    """Read a checkpoint folder written by ``save_checkpoint``."""
+    folder = Path(folder)
+    for name in (WEIGHTS_FILE, META_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"checkpoint {folder} lacks {name}")
+    meta = CheckpointMeta.model_validate(json.loads((folder / META_FILE).read_text()))
+    return Checkpoint(load_file(str(folder / WEIGHTS_FILE)), meta)

@@ -1,0 +1,104 @@
+"""Classification heads over backbone features, one registry by name.
+
+Each head takes (B, C, H, W) feature maps (or (B, N, C) tokens for the pooled heads) and
+returns (B, num_classes) logits.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+_HEADS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_head(name: str) -> Callable:
+    def wrap(cls):
+        _HEADS[name] = cls
+        return cls
+    return wrap
+
+
+def list_heads() -> list[str]:
+    return sorted(_HEADS)
+
+
+def create_head(name: str, in_features: int, num_classes: int, **kwargs) -> nn.Module:
+    """Build the head registered as ``name``; None kwargs keep the head's defaults."""
+    if name not in _HEADS:
+        raise ValueError(f"unknown head {name!r}; choose from {list_heads()}")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return _HEADS[name](in_features, num_classes, **kwargs)
+
+
+def global_avg_pool(features: torch.Tensor) -> torch.Tensor:
+    """Mean over space (B, C, H, W) or over tokens (B, N, C) to (B, C)."""
+    if features.ndim == 4:
+        return features.mean(dim=(2, 3))
+    if features.ndim == 3:
+        return features.mean(dim=1)
+    return features
+
+
+@register_head("linear")
+class LinearHead(nn.Module):
+    """Average pool, dropout, one linear layer."""
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(global_avg_pool(features)))
+
+
+@register_head("mlp")
+class MLPHead(nn.Module):
+    """The reference MLP head: pool, in -> 1024 -> 512 -> classes, ReLU and dropout, optional BN."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = (1024, 512),
+                 drop_rate: float = 0.3, batch_norm: bool = False):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h)]
+            layers += [nn.BatchNorm1d(h)] if batch_norm else []
+            layers += [nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(global_avg_pool(features)))
+
+
+@register_head("attention")
+class SpatialAttentionHead(nn.Module):
+    """Spatial attention pooling: 1x1 conv -> ReLU -> 1x1 conv -> sigmoid map, weighted mean, linear.
+
+    The map lets the model weight lung regions over borders and text; it is also what the
+    head exposes as ``last_attention`` for inspection.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, reduction: int = 8,
+                 drop_rate: float = 0.0):
+        super().__init__()
+        hidden = max(in_features // reduction, 1)
+        self.attention = nn.Sequential(
+            nn.Conv2d(in_features, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 1, 1), nn.Sigmoid())
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, num_classes)
+        self.last_attention: torch.Tensor | None = None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.ndim != 4:
+            raise ValueError("the attention head needs (B, C, H, W) feature maps from a CNN backbone")
+        weights = self.attention(features)
+        self.last_attention = weights.detach()
+        pooled = (features * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp_min(1e-6)
+        return self.fc(self.drop(pooled))

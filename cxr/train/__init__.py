@@ -1,0 +1,1 @@
+"""Supervised training: losses, samplers, mixing, schedules and the loop."""

@@ -1,0 +1,47 @@
+"""Supervised fine-tune knobs (``parameters.train`` in YAML), validated before any work."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cxr.train.augment import AugmentConfig
+from cxr.train.losses import LossName
+
+
+class TrainConfig(BaseModel):
+    """Optimisation, loss, sampling, mixing, schedule and stopping for ``fit``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD/RMSprop momentum")
+    scheduler: Literal["none", "cosine_restarts", "onecycle", "plateau"] = "onecycle"
+    restart_epochs: int = Field(5, ge=1, description="cosine_restarts: epochs of the first cycle")
+    plateau_patience: int = Field(2, ge=0)
+    loss: LossName = "bce"
+    focal_alpha: float | None = Field(0.25, gt=0, lt=1)
+    focal_gamma: float = Field(2.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    balanced_sampler: bool = Field(False, description="WeightedRandomSampler by inverse class frequency")
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    mix_prob: float = Field(0.5, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; None turns it off")
+    early_stopping_patience: int | None = Field(None, ge=1, description="epochs without val AUC gain")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.augment.scale_min > self.augment.scale_max:
+            raise ValueError("augment.scale_min must not exceed augment.scale_max")
+        return self

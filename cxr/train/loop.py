@@ -1,0 +1,183 @@
+"""The supervised fine-tune loop: in-memory uint8 batches, batched augmentation, early stopping.
+
+Images stay a uint8 array; each batch is indexed, moved to the device as uint8, then
+augmented and normalised there. The best epoch by mean val AUC is kept as a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cxr.data.imageset import ImageSet
+from cxr.errors import DataError
+from cxr.infer.predict import predict_proba, resolve_device
+from cxr.metrics.classification import mean_auc, per_label_auc
+from cxr.models.backbones import channels_last_if_cuda
+from cxr.models.checkpoint import Checkpoint, CheckpointMeta
+from cxr.models.classifier import Classifier, ModelConfig
+from cxr.train.augment import augment_batch
+from cxr.train.config import TrainConfig
+from cxr.train.losses import MaskedBCELoss, create_loss
+from cxr.train.mixing import mix_batch
+from cxr.train.optim import Schedule, balanced_sample_weights, create_optimizer
+
+
+@dataclass
+class FitResult:
+    """The best checkpoint and one history row per epoch."""
+
+    checkpoint: Checkpoint
+    history: pd.DataFrame
+
+
+def image_stats(images: np.ndarray, max_images: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Pixel mean and std of (a seeded sample of) the training images, on the [0, 1] scale."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(images), min(len(images), max_images), replace=False)
+    sample = images[np.sort(pick)].astype(np.float32) / 255.0
+    return float(sample.mean()), float(max(sample.std(), 1e-3))
+
+
+@contextmanager
+def deterministic(seed: int) -> Iterator[None]:
+    """Seed python/numpy/torch and use deterministic kernels for the block."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def check_fit_inputs(train: ImageSet, val: ImageSet) -> None:
+    """Raise a DataError if the sets cannot be trained and validated on."""
+    for name, part in (("train", train), ("val", val)):
+        if part.images is None:
+            raise DataError(f"the {name} set has no decoded images: run preprocess first")
+        if len(part) == 0:
+            raise DataError(f"the {name} set is empty")
+    if train.label_names != val.label_names:
+        raise DataError(f"train labels {train.label_names} differ from val labels {val.label_names}")
+    aucs = per_label_auc(val.labels, np.zeros_like(val.labels), val.mask)
+    one_class = [n for n, a in zip(val.label_names, aucs) if not np.isfinite(a)]
+    if one_class:
+        raise DataError(f"val labels {one_class} hold a single class: AUC is undefined")
+
+
+def batches(order: torch.Tensor, batch_size: int) -> Iterator[np.ndarray]:
+    """Index batches of ``order``; a trailing batch of one is dropped (BatchNorm needs two)."""
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size].numpy()
+        if len(idx) > 1:
+            yield np.sort(idx)
+
+
+def epoch_order(n: int, weights: np.ndarray | None, generator: torch.Generator) -> torch.Tensor:
+    """A shuffled permutation, or a weighted draw with replacement when weights are given."""
+    if weights is None:
+        return torch.randperm(n, generator=generator)
+    return torch.multinomial(torch.from_numpy(weights), n, replacement=True, generator=generator)
+
+
+def val_loss(probs: np.ndarray, val: ImageSet) -> float:
+    """Masked BCE of val probabilities (comparable across losses)."""
+    logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6))
+    return float(MaskedBCELoss()(logits, torch.from_numpy(val.labels), torch.from_numpy(val.mask)))
+
+
+def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
+        preprocess: dict | None = None, progress: bool = True,
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Train a classifier on ``train``, validate each epoch on ``val``, keep the best epoch.
+
+    ``on_epoch`` receives each epoch's history row (e.g. to log it to a tracker).
+    """
+    check_fit_inputs(train, val)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    with deterministic(cfg.seed):
+        model = channels_last_if_cuda(Classifier(model_cfg, len(train.label_names)).to(device), device)
+        mean, std = image_stats(train.images, seed=cfg.seed)
+        loss_fn = create_loss(cfg.loss, train.labels, train.mask, cfg.focal_alpha, cfg.focal_gamma,
+                              cfg.label_smoothing).to(device)
+        optimizer = create_optimizer(model, cfg)
+        steps = max(sum(1 for _ in batches(torch.arange(len(train)), cfg.batch_size)), 1)
+        schedule = Schedule(optimizer, cfg, steps)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        weights = balanced_sample_weights(train.labels, train.mask) if cfg.balanced_sampler else None
+        amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+        use_amp = cfg.amp and device.type == "cuda"
+        scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
+        labels, mask = torch.from_numpy(train.labels), torch.from_numpy(train.mask)
+
+        history, best_auc, best_state, best_epoch, stale = [], -math.inf, None, 0, 0
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            started, seen, loss_sum = time.perf_counter(), 0, 0.0
+            bar = tqdm(list(batches(epoch_order(len(train), weights, generator), cfg.batch_size)),
+                       desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
+            for idx in bar:
+                x = torch.from_numpy(train.images[idx]).to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+                x = augment_batch(x, cfg.augment, generator).sub_(mean).div_(std)
+                y, m = labels[idx].to(device), mask[idx].to(device)
+                x, y, m = mix_batch(x, y, m, rng, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = model(x)
+                loss = loss_fn(logits.float(), y, m)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; lower lr")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step_batch()
+                seen += len(idx)
+                loss_sum += loss.item() * len(idx)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            train_seconds = time.perf_counter() - started
+            probs = predict_proba(model, val.images, mean, std, cfg.batch_size * 2, device)
+            auc = mean_auc(val.labels, probs, val.mask)
+            row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss(probs, val),
+                   "val_auc": auc, "lr": optimizer.param_groups[0]["lr"],
+                   "train_seconds": train_seconds, "train_images_per_s": seen / train_seconds}
+            history.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
+            if progress:
+                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            if auc > best_auc:
+                best_auc, best_epoch, stale = auc, epoch, 0
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            schedule.step_epoch(auc)
+            if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
+                break
+
+    model.load_state_dict(best_state)
+    best_row = history[best_epoch - 1]
+    meta = CheckpointMeta(model=model_cfg, image_size=int(train.images.shape[1]),
+                          label_names=list(train.label_names), mean=mean, std=std, epoch=best_epoch,
+                          val_metrics={"val_auc": best_row["val_auc"], "val_loss": best_row["val_loss"]},
+                          preprocess=preprocess or {})
+    return FitResult(Checkpoint.from_model(model.cpu(), meta), pd.DataFrame(history))
