@@ -1,0 +1,1 @@
+"""Pipelines: DAGs that only wire steps."""

@@ -1,0 +1,64 @@
+"""Training pipeline: ingest -> split -> preprocess -> finetune -> TTA -> evaluate -> register,
+and, when test data is given, ingest -> preprocess -> TTA -> submission for it."""
+
+from typing import Optional
+
+from zenml import pipeline
+
+import materializers  # noqa: F401  (registers the ImageSet and Checkpoint materializers)
+from cxr.data.ingest import IngestConfig
+from cxr.data.preprocess import PreprocessConfig
+from cxr.data.split import SplitConfig
+from cxr.infer.tta import REFERENCE_VIEWS
+from cxr.models.classifier import ModelConfig
+from cxr.train.config import TrainConfig
+from steps.data import ingest, preprocess_images, split_dataset
+from steps.evaluate import evaluate
+from steps.infer import submission, tta_predict
+from steps.registry import register_model
+from steps.train import finetune
+
+
+@pipeline
+def training_pipeline(
+    data: IngestConfig,
+    test_data: Optional[IngestConfig] = None,
+    sample_submission: Optional[str] = None,
+    submission_path: str = "outputs/submission.csv",
+    split: SplitConfig = SplitConfig(),
+    preprocess: PreprocessConfig = PreprocessConfig(),
+    model: ModelConfig = ModelConfig(),
+    train: TrainConfig = TrainConfig(),
+    tta_views: list[str] = list(REFERENCE_VIEWS),
+    registered_model_name: str = "cxr-classifier",
+) -> None:
+    """Train, evaluate and register a chest X-ray classifier; write a submission for test data.
+
+    Args:
+        data: labelled training images (split into train/val by patient).
+        test_data: unlabelled images to predict for the submission (optional).
+        sample_submission: CSV whose id order and columns the submission follows.
+        submission_path: where the submission CSV is written.
+        split: validation fraction and seed.
+        preprocess: image size, resize policy, CLAHE.
+        model: backbone, head, pretrained/local weights.
+        train: optimisation, loss, sampling, augmentation, early stopping.
+        tta_views: test-time views averaged for val metrics and the submission.
+        registered_model_name: MLflow registered model that gets a new version.
+    """
+    images = ingest(source=data)
+    images = split_dataset(images=images, cfg=split)
+    images = preprocess_images(images=images, cfg=preprocess)
+    checkpoint, history = finetune(images=images, model=model, train=train, preprocess=preprocess)
+    val_predictions = tta_predict(checkpoint=checkpoint, images=images, subset="val", views=tta_views,
+                                  id="tta_predict_val")
+    val_metrics, _, _, _, _ = evaluate(val_predictions=val_predictions, images=images, history=history)
+    register_model(checkpoint=checkpoint, val_metrics=val_metrics,
+                   registered_model_name=registered_model_name)
+    if test_data is not None:
+        test_images = ingest(source=test_data, id="ingest_test")
+        test_images = preprocess_images(images=test_images, cfg=preprocess, id="preprocess_test")
+        predictions = tta_predict(checkpoint=checkpoint, images=test_images, views=tta_views,
+                                  id="tta_predict_test")
+        submission(predictions=predictions, sample_submission=sample_submission,
+                   output_path=submission_path)

@@ -1,0 +1,1 @@
+"""Thin ZenML steps: validate inputs, call the cxr core, log, return typed artifacts."""

@@ -1,0 +1,27 @@
+"""split_dataset step: seeded, stratified, patient-level train/val split."""
+
+from typing import Annotated
+
+from zenml import step
+from zenml.logger import get_logger
+
+from cxr.data.imageset import ImageSet
+from cxr.data.split import SplitConfig, split_train_val
+from steps.caching import core_cache_policy
+
+logger = get_logger(__name__)
+
+
+@step(cache_policy=core_cache_policy("cxr.data.split"))
+def split_dataset(images: ImageSet, cfg: SplitConfig) -> Annotated[ImageSet, "split_images"]:
+    """Mark each image 'train' or 'val' with no patient on both sides. YAML: ``parameters.split``.
+
+    Raises:
+        DataError: an empty split, too few patients, or a val label with a single class.
+    """
+    out = split_train_val(images, cfg)
+    counts = out.manifest["split"].value_counts().to_dict()
+    logger.info("split %s (patients: train %d, val %d)", counts,
+                out.split("train").manifest["patient_id"].nunique(),
+                out.split("val").manifest["patient_id"].nunique())
+    return out

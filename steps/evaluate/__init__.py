@@ -1,0 +1,5 @@
+"""Evaluation steps."""
+
+from steps.evaluate.evaluate import evaluate
+
+__all__ = ["evaluate"]

@@ -1,0 +1,34 @@
+"""MLflow pyfunc model (models-from-code): loads the safetensors checkpoint through the core.
+
+Logged by the register step as ``python_model=<this file>``, with the ``cxr`` package in
+``code_paths``, so nothing is pickled. Input: a DataFrame with a ``path`` column (image
+files) and optionally ``id``; output: ``id`` plus one probability column per label.
+Params: ``views`` (TTA view names, default original only), ``batch_size``.
+"""
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class CXRClassifier(PythonModel):
+    """A chest X-ray classifier served from its checkpoint folder."""
+
+    def load_context(self, context) -> None:
+        from cxr.models.checkpoint import load_checkpoint
+
+        self.checkpoint = load_checkpoint(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from cxr.infer.serving import predict_files
+
+        params = params or {}
+        if "path" not in model_input.columns:
+            raise ValueError(f"input needs a 'path' column of image files; got {list(model_input.columns)}")
+        ids = model_input["id"].astype(str).tolist() if "id" in model_input.columns else None
+        return predict_files(self.checkpoint, model_input["path"].tolist(), ids,
+                             views=tuple(params.get("views", ("original",))),
+                             batch_size=int(params.get("batch_size", 64)))
+
+
+mlflow.models.set_model(CXRClassifier())

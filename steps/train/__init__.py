@@ -1,0 +1,5 @@
+"""Training steps."""
+
+from steps.train.finetune import finetune
+
+__all__ = ["finetune"]

@@ -1,0 +1,52 @@
+"""finetune step: supervised training of a timm backbone + head on the train split."""
+
+from typing import Annotated, Tuple
+
+import mlflow
+import pandas as pd
+from zenml import ArtifactConfig, log_metadata, step
+from zenml.enums import ArtifactType
+from zenml.logger import get_logger
+
+from cxr.data.imageset import ImageSet
+from cxr.data.preprocess import PreprocessConfig
+from cxr.models.checkpoint import Checkpoint
+from cxr.models.classifier import ModelConfig
+from cxr.train.config import TrainConfig
+from cxr.train.loop import fit
+from steps.caching import core_cache_policy
+
+logger = get_logger(__name__)
+
+
+def flatten(prefix: str, config: dict) -> dict:
+    """Nested config dict to flat ``prefix.key`` params for MLflow."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}.{key}"
+        out.update(flatten(name, value) if isinstance(value, dict) else {name: value})
+    return out
+
+
+@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.train.loop"))
+def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preprocess: PreprocessConfig) -> Tuple[
+    Annotated[Checkpoint, ArtifactConfig(name="checkpoint", artifact_type=ArtifactType.MODEL)],
+    Annotated[pd.DataFrame, "history"],
+]:
+    """Train on the 'train' rows, validate on 'val' each epoch, return the best epoch.
+
+    YAML: ``parameters.model`` (architecture) and ``parameters.train`` (optimisation).
+    Logs the configs as MLflow params and each epoch's losses, val AUC, lr and speed as
+    MLflow metrics.
+    """
+    mlflow.log_params(flatten("model", model.model_dump()) | flatten("train", train.model_dump()))
+    log_epoch = lambda row: mlflow.log_metrics(  # noqa: E731
+        {k: float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    result = fit(images.split("train"), images.split("val"), model, train,
+                 preprocess=preprocess.model_dump(), on_epoch=log_epoch)
+    meta = result.checkpoint.meta
+    logger.info("best epoch %d of %d: val AUC %.4f", meta.epoch, len(result.history),
+                meta.val_metrics["val_auc"])
+    log_metadata({"best_epoch": meta.epoch, **meta.val_metrics,
+                  "train_images_per_s": float(result.history["train_images_per_s"].mean())})
+    return result.checkpoint, result.history
