@@ -1,7 +1,7 @@
 """Project CLI: set up the local ZenML stack, run the training pipeline, find the results.
 
     python run.py setup                              # idempotent: MLflow tracker + registry stack
-    python run.py train --config configs/quick.yaml  # setup, then one pipeline run
+    python run.py train [--config zenml_config.yaml]  # setup, then one pipeline run
     python run.py mlflow-ui                          # MLflow UI on this stack's tracking store
     python run.py info                               # tracking URI, stack, latest run
 """
@@ -13,10 +13,12 @@ import os
 import subprocess
 import sys
 from datetime import datetime
+from pathlib import Path
 
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+REPO_ROOT = Path(__file__).resolve().parent
 STACK = "cxr_local"
 TRACKER = "cxr_mlflow_tracker"
 REGISTRY = "cxr_mlflow_registry"
@@ -52,9 +54,16 @@ def tracking_uri() -> str:
 
 
 def train(config: str, run_name: str | None = None):
-    """Run the training pipeline with a YAML config; returns the pipeline run."""
+    """Run the training pipeline with a YAML config; returns the pipeline run.
+
+    The source root is pinned to this folder, so step sources and the core files that
+    cache keys hash resolve the same way from any caller (CLI, pytest, notebooks).
+    """
+    from zenml.utils import source_utils
+
     from pipelines.training import training_pipeline
 
+    source_utils.set_custom_source_root(str(REPO_ROOT))
     setup_stack()
     name = run_name or f"train-{os.path.splitext(os.path.basename(config))[0]}-{datetime.now():%Y%m%d-%H%M%S}"
     return training_pipeline.with_options(config_path=config, run_name=name)()
@@ -65,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("setup", help="create and activate the local MLflow stack (idempotent)")
     train_cmd = commands.add_parser("train", help="run the training pipeline")
-    train_cmd.add_argument("--config", "-c", default="configs/quick.yaml")
+    train_cmd.add_argument("--config", "-c", default="zenml_config.yaml")
     train_cmd.add_argument("--run-name")
     ui = commands.add_parser("mlflow-ui", help="serve the MLflow UI for this stack")
     ui.add_argument("--port", default="5000")

@@ -21,13 +21,13 @@ SERVING_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "numpy", "pan
                     "opencv-python-headless", "scikit-learn", "matplotlib", "pillow", "tqdm")
 
 
-@step(experiment_tracker=True, enable_cache=False, cache_policy=core_cache_policy("cxr.infer.serving"))
+@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.infer.serving"))
 def register_model(checkpoint: Checkpoint, val_metrics: dict,
                    registered_model_name: str = "cxr-classifier") -> Annotated[int, "model_version"]:
     """Log ``checkpoint`` as a pyfunc model (safetensors + core code, no pickle) and register it.
 
     The new version is tagged with its val metrics, backbone, labels and the ZenML run id.
-    Never cached: each run that trains a model gets its own registry version.
+    Cached like any step: a re-run with the same checkpoint adds no duplicate version.
     YAML: ``parameters.registered_model_name``.
     """
     run = get_step_context().pipeline_run

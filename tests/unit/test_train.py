@@ -1,0 +1,164 @@
+"""The fine-tune loop and its pieces on generated images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
+from cxr.data.sources import read_class_folders
+from cxr.data.split import SplitConfig, split_train_val
+from cxr.errors import DataError
+from cxr.models.classifier import ModelConfig
+from cxr.train.augment import AugmentConfig, augment_batch
+from cxr.train.config import TrainConfig
+from cxr.train.loop import fit
+from cxr.train.mixing import mix_batch
+from cxr.train.optim import Schedule, balanced_sample_weights, create_optimizer
+from tests.conftest import write_class_tree
+
+FAST = dict(batch_size=16, lr=3e-3, num_threads=2)
+SWAPPING_SEED = 1  # its first permutation of two rows is [1, 0]
+
+
+@pytest.fixture(scope="module")
+def synthetic_split(tmp_path_factory) -> tuple:
+    root = write_class_tree(tmp_path_factory.mktemp("synthetic"), n_per_class=40, size=48)
+    images = read_class_folders(root, "NORMAL", r"^(patient\w\d+)")
+    images = preprocess_imageset(images, PreprocessConfig(image_size=32), progress=False)
+    images = split_train_val(images, SplitConfig(val_fraction=0.25, seed=0))
+    return images.split("train"), images.split("val")
+
+
+def test_fit_learns_a_visible_finding(synthetic_split):
+    train, val = synthetic_split
+    result = fit(train, val, ModelConfig(backbone="resnet10t"), TrainConfig(epochs=6, **FAST), progress=False)
+    assert result.history["val_auc"].max() > 0.9
+    assert result.checkpoint.meta.epoch == int(result.history["val_auc"].idxmax()) + 1
+    assert result.checkpoint.meta.val_metrics["val_auc"] == pytest.approx(result.history["val_auc"].max())
+    assert 0 < result.checkpoint.meta.mean < 1 and result.checkpoint.meta.std > 0
+
+
+def test_fit_is_deterministic_on_cpu(synthetic_split):
+    train, val = synthetic_split
+    cfg = TrainConfig(epochs=1, mixup_alpha=0.4, cutmix_alpha=1.0, balanced_sampler=True, **FAST)
+    a = fit(train, val, ModelConfig(backbone="resnet10t"), cfg, progress=False)
+    b = fit(train, val, ModelConfig(backbone="resnet10t"), cfg, progress=False)
+    for name, tensor in a.checkpoint.state_dict.items():
+        assert torch.equal(tensor, b.checkpoint.state_dict[name]), name
+
+
+def test_early_stopping_stops_after_patience(synthetic_split):
+    train, val = synthetic_split
+    cfg = TrainConfig(epochs=6, early_stopping_patience=1, **{**FAST, "lr": 1e-9})
+    result = fit(train, val, ModelConfig(backbone="resnet10t"), cfg, progress=False)
+    assert len(result.history) < 6
+
+
+def test_frozen_backbone_keeps_backbone_weights(synthetic_split):
+    train, val = synthetic_split
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(backbone="resnet10t", freeze_backbone=True)
+    result = fit(train, val, model_cfg, TrainConfig(epochs=1, seed=0, **FAST), progress=False)
+    from cxr.models.classifier import Classifier
+    torch.manual_seed(0)
+    initial = Classifier(model_cfg, 1).state_dict()
+    for name, tensor in result.checkpoint.state_dict.items():
+        if name.startswith("backbone."):
+            assert torch.equal(tensor, initial[name]), name
+
+
+def test_on_epoch_receives_every_row(synthetic_split):
+    train, val = synthetic_split
+    rows = []
+    fit(train, val, ModelConfig(backbone="resnet10t"), TrainConfig(epochs=2, **FAST), progress=False,
+        on_epoch=rows.append)
+    assert [r["epoch"] for r in rows] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in rows)
+
+
+def test_fit_refuses_undecoded_or_one_class_val(synthetic_split, class_tree: Path):
+    train, val = synthetic_split
+    with pytest.raises(DataError, match="no decoded images"):
+        fit(read_class_folders(class_tree, "NORMAL"), val, ModelConfig(), TrainConfig(), progress=False)
+    negatives = val.subset(np.flatnonzero(val.labels[:, 0] == 0))
+    with pytest.raises(DataError, match="single class"):
+        fit(train, negatives, ModelConfig(), TrainConfig(), progress=False)
+
+
+def test_augment_identity_when_every_knob_is_off():
+    x = torch.rand(4, 1, 16, 16)
+    off = AugmentConfig(hflip_prob=0, rotate_deg=0, scale_min=1, scale_max=1, translate=0,
+                        brightness=0, contrast=0)
+    torch.testing.assert_close(augment_batch(x, off), x, atol=1e-5, rtol=0)
+
+
+def test_augment_flip_only_mirrors():
+    x = torch.rand(3, 1, 16, 16)
+    flip = AugmentConfig(hflip_prob=1, rotate_deg=0, scale_min=1, scale_max=1, translate=0,
+                         brightness=0, contrast=0)
+    torch.testing.assert_close(augment_batch(x, flip), torch.flip(x, dims=(-1,)), atol=1e-5, rtol=0)
+
+
+def test_augment_is_seeded_and_bounded():
+    x = torch.rand(4, 1, 16, 16)
+    a = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(3))
+    b = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+
+
+def test_mixup_mixes_targets_like_pixels_and_joins_masks():
+    x = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])
+    y = torch.tensor([[0.0], [1.0]])
+    mask = torch.tensor([[True], [False]])
+    mixed_x, mixed_y, mixed_mask = mix_batch(x, y, mask, np.random.default_rng(SWAPPING_SEED), mixup_alpha=1.0)
+    pixel_means = mixed_x.mean(dim=(1, 2, 3))
+    torch.testing.assert_close(pixel_means, mixed_y[:, 0])
+    assert ((pixel_means > 0) & (pixel_means < 1)).all(), "both images were mixed with the other"
+    assert not mixed_mask.any(), "a label unknown in either image is unknown in the mix"
+
+
+def test_cutmix_target_weight_is_the_pasted_area():
+    rng = np.random.default_rng(5)
+    x = torch.stack([torch.zeros(1, 32, 32), torch.ones(1, 32, 32)])
+    y = torch.tensor([[0.0], [1.0]])
+    mixed_x, mixed_y, _ = mix_batch(x, y, torch.ones(2, 1, dtype=torch.bool), rng, cutmix_alpha=1.0)
+    torch.testing.assert_close(mixed_x.mean(dim=(1, 2, 3)), mixed_y[:, 0])
+
+
+def test_balanced_weights_equalise_classes():
+    labels = np.array([[1]] * 6 + [[0]] * 2, np.float32)
+    weights = balanced_sample_weights(labels, np.ones_like(labels, bool))
+    assert weights[:6].sum() == pytest.approx(0.5) and weights[6:].sum() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name", ["onecycle", "cosine_restarts", "plateau", "none"])
+def test_schedules_step(name: str):
+    model = torch.nn.Linear(2, 1)
+    cfg = TrainConfig(scheduler=name, epochs=2, restart_epochs=3, plateau_patience=0)
+    optimizer = create_optimizer(model, cfg)
+    schedule = Schedule(optimizer, cfg, steps_per_epoch=3)
+    lrs = []
+    for epoch in range(2):
+        for _ in range(3):
+            optimizer.step()
+            schedule.step_batch()
+        schedule.step_epoch(0.5)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert (lrs[0] == lrs[1] == cfg.lr) if name == "none" else lrs != [cfg.lr, cfg.lr]
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd", "rmsprop"])
+def test_optimizers_skip_decay_on_biases(name: str):
+    optimizer = create_optimizer(torch.nn.Linear(3, 1), TrainConfig(optimizer=name, weight_decay=0.1))
+    decays = sorted(g["weight_decay"] for g in optimizer.param_groups)
+    assert type(optimizer).__name__.lower() == name and decays == [0.0, 0.1]
+
+
+def test_train_config_names_bad_keys():
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=0.1)
+    with pytest.raises(ValueError, match="scale_min"):
+        TrainConfig(augment=AugmentConfig(scale_min=1.2, scale_max=1.0))
