@@ -17,7 +17,6 @@ os.environ["ZENML_REPOSITORY_PATH"] = str(_HOME / "repo")
 os.environ["ZENML_ANALYTICS_OPT_IN"] = "false"
 os.environ["ZENML_LOGGING_VERBOSITY"] = "WARN"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-os.environ["AUTO_OPEN_DASHBOARD"] = "false"
 (_HOME / "repo").mkdir(parents=True, exist_ok=True)
 
 import cv2  # noqa: E402
