@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from cxr.data.imageset import ImageSet
@@ -86,10 +87,11 @@ def batches(order: torch.Tensor, batch_size: int) -> Iterator[np.ndarray]:
 
 
 def epoch_order(n: int, weights: np.ndarray | None, generator: torch.Generator) -> torch.Tensor:
-    """A shuffled permutation, or a weighted draw with replacement when weights are given."""
+    """A shuffled permutation, or a WeightedRandomSampler draw (with replacement) when weighted."""
     if weights is None:
         return torch.randperm(n, generator=generator)
-    return torch.multinomial(torch.from_numpy(weights), n, replacement=True, generator=generator)
+    sampler = WeightedRandomSampler(weights.tolist(), n, replacement=True, generator=generator)
+    return torch.tensor(list(sampler))
 
 
 def val_loss(probs: np.ndarray, val: ImageSet) -> float:

@@ -15,7 +15,7 @@ from cxr.errors import DataError
 from cxr.models.classifier import ModelConfig
 from cxr.train.augment import AugmentConfig, augment_batch
 from cxr.train.config import TrainConfig
-from cxr.train.loop import fit
+from cxr.train.loop import epoch_order, fit
 from cxr.train.mixing import mix_batch
 from cxr.train.optim import Schedule, balanced_sample_weights, create_optimizer
 from tests.conftest import write_class_tree
@@ -132,6 +132,14 @@ def test_balanced_weights_equalise_classes():
     labels = np.array([[1]] * 6 + [[0]] * 2, np.float32)
     weights = balanced_sample_weights(labels, np.ones_like(labels, bool))
     assert weights[:6].sum() == pytest.approx(0.5) and weights[6:].sum() == pytest.approx(0.5)
+
+
+def test_weighted_epoch_order_draws_classes_evenly():
+    labels = np.array([[1]] * 900 + [[0]] * 100, np.float32)
+    weights = balanced_sample_weights(labels, np.ones_like(labels, bool))
+    order = epoch_order(1000, weights, torch.Generator().manual_seed(0)).numpy()
+    assert len(order) == 1000 and 0.45 < labels[order, 0].mean() < 0.55
+    assert sorted(epoch_order(10, None, torch.Generator().manual_seed(0)).tolist()) == list(range(10))
 
 
 @pytest.mark.parametrize("name", ["onecycle", "cosine_restarts", "plateau", "none"])
