@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import pandas as pd
+from sklearn.preprocessing import StandardScaler
 
 GLCM_DISTANCES = (1, 3, 5)
 INTENSITY_FEATURES = ("mean", "std", "median", "min", "max", "p25", "p75", "p90", "entropy", "variance")
@@ -116,3 +118,22 @@ def handcrafted_features(images: np.ndarray, ids: list[str] | None = None, batch
         parts = list(pool.map(lambda s: batch_features(images[s:s + batch_size]), starts))
     values = np.vstack(parts) if parts else np.zeros((0, len(FEATURE_NAMES)))
     return pd.DataFrame(values, columns=list(FEATURE_NAMES), index=ids)
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """Raw features (one row per image id) with the scaler fitted on this pool, kept together."""
+
+    values: pd.DataFrame
+    mean: np.ndarray
+    scale: np.ndarray
+
+    def standardised(self) -> np.ndarray:
+        """(N, F) features scaled by the pool's mean and standard deviation."""
+        return (self.values.to_numpy(np.float64) - self.mean) / self.scale
+
+
+def fit_feature_table(values: pd.DataFrame) -> FeatureTable:
+    """Fit scikit-learn's StandardScaler on ``values`` (constant features get scale 1)."""
+    scaler = StandardScaler().fit(values.to_numpy(np.float64))
+    return FeatureTable(values, scaler.mean_, scaler.scale_)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 from skimage.feature import graycomatrix, graycoprops
 
-from cxr.features.handcrafted import (FEATURE_NAMES, batch_features, edge_features, glcm_features,
-                                      handcrafted_features, intensity_features)
+from cxr.features.handcrafted import (FEATURE_NAMES, batch_features, edge_features, fit_feature_table,
+                                      glcm_features, handcrafted_features, intensity_features)
 from cxr.features.pairs import nearest_neighbours
 
 RNG = np.random.default_rng(0)
@@ -97,3 +98,12 @@ class TestNearestNeighbours:
         d = np.linalg.norm(features[:, None] - features[None], axis=2)
         np.fill_diagonal(d, np.inf)
         np.testing.assert_array_equal(pairs.indices, np.argsort(d, axis=1, kind="stable")[:, :3])
+
+
+def test_feature_table_standardises_on_its_pool():
+    values = pd.DataFrame({"a": [1.0, 2.0, 3.0], "flat": [5.0, 5.0, 5.0]}, index=["x", "y", "z"])
+    table = fit_feature_table(values)
+    standard = table.standardised()
+    np.testing.assert_allclose(standard.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(standard[:, 0].std(), 1)
+    assert table.scale[1] == 1.0 and (standard[:, 1] == 0).all()

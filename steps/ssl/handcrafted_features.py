@@ -1,0 +1,28 @@
+"""handcrafted_features step: 22 intensity/texture/edge features per image, standardised."""
+
+import time
+from typing import Annotated
+
+from zenml import log_metadata, step
+from zenml.logger import get_logger
+
+from cxr.data.imageset import ImageSet
+from cxr.features.handcrafted import FeatureTable, fit_feature_table, handcrafted_features as compute
+from steps.caching import core_cache_policy
+
+logger = get_logger(__name__)
+
+
+@step(cache_policy=core_cache_policy("cxr.features.handcrafted"))
+def handcrafted_features(images: ImageSet, pool: str = "train") -> Annotated[FeatureTable, "features"]:
+    """Compute the 22 features for the rows of split ``pool`` ('all' for every row), in
+    parallel, and fit the StandardScaler on them (kept in the artifact).
+    YAML: ``steps.handcrafted_features.parameters.pool``.
+    """
+    part = images if pool == "all" else images.split(pool)
+    started = time.perf_counter()
+    table = fit_feature_table(compute(part.images, ids=part.ids))
+    seconds = time.perf_counter() - started
+    logger.info("features for %d images in %.1f s (%.0f images/s)", len(part), seconds, len(part) / seconds)
+    log_metadata({"images_per_second": len(part) / seconds, "images": len(part)})
+    return table

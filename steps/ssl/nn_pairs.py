@@ -1,0 +1,28 @@
+"""nn_pairs step: each image paired with its nearest other images in feature space."""
+
+from typing import Annotated, Tuple
+
+import numpy as np
+from zenml import log_metadata, step
+
+from cxr.features.handcrafted import FeatureTable
+from cxr.features.pairs import nearest_neighbours
+from steps.caching import core_cache_policy
+
+
+@step(cache_policy=core_cache_policy("cxr.features.pairs"))
+def nn_pairs(features: FeatureTable, k: int = 1, mutual: bool = False) -> Tuple[
+    Annotated[np.ndarray, "pairs"],
+    Annotated[np.ndarray, "pair_distances"],
+]:
+    """(P, 2) int64 pairs of row indices into the feature pool, and their Euclidean distances
+    on standardised features; self is never chosen. ``mutual`` keeps reciprocal pairs only.
+    YAML: ``steps.nn_pairs.parameters.{k, mutual}``.
+
+    Raises:
+        ValueError: ``k`` larger than the number of other images.
+    """
+    found = nearest_neighbours(features.standardised(), k=k, mutual=mutual)
+    rows, cols = np.nonzero(found.keep)
+    log_metadata({"pairs": int(len(rows)), "mean_distance": float(found.distances[rows, cols].mean())})
+    return found.pairs(), found.distances[rows, cols]
