@@ -11,35 +11,37 @@ from zenml.enums import ArtifactType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from cxr.models.checkpoint import META_FILE, WEIGHTS_FILE, Checkpoint, load_checkpoint, save_checkpoint
+from cxr.models.checkpoint import (META_FILE, WEIGHTS_FILE, AnyCheckpoint, BackboneCheckpoint, Checkpoint,
+                                   load_checkpoint, save_checkpoint)
 
 
 class CheckpointMaterializer(BaseMaterializer):
-    """Checkpoint <-> ``model.safetensors`` + ``meta.json`` in the artifact store."""
+    """Checkpoint / BackboneCheckpoint <-> ``model.safetensors`` + ``meta.json``."""
 
-    ASSOCIATED_TYPES: ClassVar[Tuple[Type[Any], ...]] = (Checkpoint,)
+    ASSOCIATED_TYPES: ClassVar[Tuple[Type[Any], ...]] = (Checkpoint, BackboneCheckpoint)
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL
 
-    def load(self, data_type: Type[Any]) -> Checkpoint:
+    def load(self, data_type: Type[Any]) -> AnyCheckpoint:
         with tempfile.TemporaryDirectory() as tmp:
             for name in (WEIGHTS_FILE, META_FILE):
                 fileio.copy(os.path.join(self.uri, name), os.path.join(tmp, name))
-            return load_checkpoint(tmp)
+            return load_checkpoint(tmp, data_type)
 
-    def save(self, data: Checkpoint) -> None:
+    def save(self, data: AnyCheckpoint) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(data, tmp)
             for name in (WEIGHTS_FILE, META_FILE):
                 fileio.copy(os.path.join(tmp, name), os.path.join(self.uri, name), overwrite=True)
 
-    def extract_metadata(self, data: Checkpoint) -> Dict[str, Any]:
-        meta = data.meta
-        return {"backbone": meta.model.backbone, "head": meta.model.head, "image_size": meta.image_size,
-                "labels": meta.label_names, "epoch": meta.epoch,
-                "parameters": int(sum(t.numel() for t in data.state_dict.values())),
-                **{k: float(v) for k, v in meta.val_metrics.items()}}
+    def extract_metadata(self, data: AnyCheckpoint) -> Dict[str, Any]:
+        meta = {"parameters": int(sum(t.numel() for t in data.state_dict.values()))}
+        if isinstance(data, BackboneCheckpoint):
+            return meta | data.meta.model_dump()
+        return meta | {"backbone": data.meta.model.backbone, "head": data.meta.model.head,
+                       "image_size": data.meta.image_size, "labels": data.meta.label_names,
+                       "epoch": data.meta.epoch, **{k: float(v) for k, v in data.meta.val_metrics.items()}}
 
-    def compute_content_hash(self, data: Checkpoint) -> str:
+    def compute_content_hash(self, data: AnyCheckpoint) -> str:
         digest = hashlib.blake2b(digest_size=20)
         digest.update(data.meta.model_dump_json().encode())
         for name in sorted(data.state_dict):

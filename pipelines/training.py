@@ -1,5 +1,6 @@
-"""Training pipeline: ingest -> split -> preprocess -> finetune -> TTA -> evaluate -> register,
-and, when test data is given, ingest -> preprocess -> TTA -> submission for it."""
+"""Training pipeline: ingest -> split -> preprocess -> [features -> nn_pairs -> ssl_pretrain]
+-> finetune -> TTA -> evaluate -> register, and, when test data is given, ingest ->
+preprocess -> TTA -> submission for it. The bracketed SSL branch runs when ``ssl`` is set."""
 
 from typing import Optional
 
@@ -11,11 +12,13 @@ from cxr.data.preprocess import PreprocessConfig
 from cxr.data.split import SplitConfig
 from cxr.infer.tta import REFERENCE_VIEWS
 from cxr.models.classifier import ModelConfig
+from cxr.ssl.pretrain import SSLConfig
 from cxr.train.config import TrainConfig
 from steps.data import ingest, preprocess_images, split_dataset
 from steps.evaluate import evaluate
 from steps.infer import submission, tta_predict
 from steps.registry import register_model
+from steps.ssl import handcrafted_features, nn_pairs, ssl_pretrain, ssl_probe
 from steps.train import finetune
 
 
@@ -31,6 +34,7 @@ def training_pipeline(
     train: TrainConfig = TrainConfig(),
     tta_views: list[str] = list(REFERENCE_VIEWS),
     registered_model_name: str = "cxr-classifier",
+    ssl: Optional[SSLConfig] = None,
 ) -> None:
     """Train, evaluate and register a chest X-ray classifier; write a submission for test data.
 
@@ -45,11 +49,20 @@ def training_pipeline(
         train: optimisation, loss, sampling, augmentation, early stopping.
         tta_views: test-time views averaged for val metrics and the submission.
         registered_model_name: MLflow registered model that gets a new version.
+        ssl: self-supervised pretraining of the backbone before the fine-tune (None: off).
     """
     images = ingest(source=data)
     images = split_dataset(images=images, cfg=split)
     images = preprocess_images(images=images, cfg=preprocess)
-    checkpoint, history = finetune(images=images, model=model, train=train, preprocess=preprocess)
+    ssl_backbone = None
+    if ssl is not None:
+        pairs = None
+        if ssl.positives == "nn_pairs":
+            pairs, _ = nn_pairs(features=handcrafted_features(images=images))
+        ssl_backbone, _, _ = ssl_pretrain(images=images, backbone=model.backbone, cfg=ssl, pairs=pairs)
+        ssl_probe(ssl_backbone=ssl_backbone, images=images)
+    checkpoint, history = finetune(images=images, model=model, train=train, preprocess=preprocess,
+                                   ssl_backbone=ssl_backbone)
     val_predictions = tta_predict(checkpoint=checkpoint, images=images, subset="val", views=tta_views,
                                   id="tta_predict_val")
     val_metrics, _, _, _, _ = evaluate(val_predictions=val_predictions, images=images, history=history)

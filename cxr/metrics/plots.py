@@ -92,3 +92,15 @@ def image_grid(imageset, count: int = 16, seed: int = 0) -> Image.Image:
     for ax in axes.flat:
         ax.axis("off")
     return _to_image(fig)
+
+
+def ssl_curves(history: pd.DataFrame, collapse_ratio: float) -> Image.Image:
+    """SSL loss and embedding std (x sqrt(d)) per epoch, with the collapse threshold."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(history["epoch"], history["loss"], marker="o")
+    left.set(xlabel="epoch", ylabel="loss", title="SSL loss")
+    right.plot(history["epoch"], history["embedding_std"], marker="o", c="tab:green", label="embedding std x sqrt(d)")
+    right.axhline(collapse_ratio, ls="--", c="red", label="collapse threshold")
+    right.set(xlabel="epoch", ylabel="std x sqrt(d)", title="collapse monitor (1 = healthy)", ylim=(0, None))
+    right.legend()
+    return _to_image(fig)

@@ -35,12 +35,47 @@ class CheckpointMeta(BaseModel):
     preprocess: dict = Field(default_factory=dict, description="PreprocessConfig used in training")
 
 
+class BackboneMeta(BaseModel):
+    """What a self-supervised backbone checkpoint needs besides its weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str
+    image_size: int
+    method: str
+    positives: str
+    epochs: int
+    mean: float
+    std: float
+    final_loss: float
+    embedding_std: float = Field(description="std of L2-normalised embeddings x sqrt(d); ~1 healthy")
+
+
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached, contiguous CPU copy of the module's state dict."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+@dataclass
+class BackboneCheckpoint:
+    """Backbone weights from SSL pretraining, loadable into ``Classifier.backbone``."""
+
+    state_dict: dict[str, torch.Tensor]
+    meta: BackboneMeta
+    META = BackboneMeta
+
+    @classmethod
+    def from_module(cls, backbone: torch.nn.Module, meta: BackboneMeta) -> "BackboneCheckpoint":
+        return cls(cpu_state(backbone), meta)
+
+
 @dataclass
 class Checkpoint:
     """Weights (name -> tensor) and metadata of one trained classifier."""
 
     state_dict: dict[str, torch.Tensor]
     meta: CheckpointMeta
+    META = CheckpointMeta
 
     def build_model(self) -> Classifier:
         """The classifier with these weights, in eval mode, with no hub or file download."""
@@ -50,11 +85,13 @@ class Checkpoint:
 
     @classmethod
     def from_model(cls, model: Classifier, meta: CheckpointMeta) -> "Checkpoint":
-        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-        return cls(state, meta)
+        return cls(cpu_state(model), meta)
 
 
-def save_checkpoint(checkpoint: Checkpoint, folder: str | Path) -> Path:
+AnyCheckpoint = Checkpoint | BackboneCheckpoint
+
+
+def save_checkpoint(checkpoint: AnyCheckpoint, folder: str | Path) -> Path:
     """Write ``model.safetensors`` and ``meta.json`` into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,11 +100,11 @@ def save_checkpoint(checkpoint: Checkpoint, folder: str | Path) -> Path:
     return folder
 
 
-def load_checkpoint(folder: str | Path) -> Checkpoint:
-    """Read a checkpoint folder written by ``save_checkpoint``."""
+def load_checkpoint(folder: str | Path, kind: type = Checkpoint) -> AnyCheckpoint:
+    """Read a checkpoint folder written by ``save_checkpoint`` as ``kind``."""
     folder = Path(folder)
     for name in (WEIGHTS_FILE, META_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"checkpoint {folder} lacks {name}")
-    meta = CheckpointMeta.model_validate(json.loads((folder / META_FILE).read_text()))
-    return Checkpoint(load_file(str(folder / WEIGHTS_FILE)), meta)
+    meta = kind.META.model_validate(json.loads((folder / META_FILE).read_text()))
+    return kind(load_file(str(folder / WEIGHTS_FILE)), meta)

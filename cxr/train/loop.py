@@ -24,7 +24,7 @@ from cxr.errors import DataError
 from cxr.infer.predict import predict_proba, resolve_device
 from cxr.metrics.classification import mean_auc, per_label_auc
 from cxr.models.backbones import channels_last_if_cuda
-from cxr.models.checkpoint import Checkpoint, CheckpointMeta
+from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint, CheckpointMeta
 from cxr.models.classifier import Classifier, ModelConfig
 from cxr.train.augment import augment_batch
 from cxr.train.config import TrainConfig
@@ -78,6 +78,14 @@ def check_fit_inputs(train: ImageSet, val: ImageSet) -> None:
         raise DataError(f"val labels {one_class} hold a single class: AUC is undefined")
 
 
+def load_backbone(model: Classifier, init: BackboneCheckpoint) -> None:
+    """Copy pretrained backbone weights into ``model``; the architectures must match."""
+    name = model.backbone.default_cfg.get("architecture") or type(model.backbone).__name__
+    if init.meta.backbone != name:
+        raise ValueError(f"the pretrained backbone is {init.meta.backbone!r} but the model uses {name!r}")
+    model.backbone.load_state_dict(init.state_dict)
+
+
 def batches(order: torch.Tensor, batch_size: int) -> Iterator[np.ndarray]:
     """Index batches of ``order``; a trailing batch of one is dropped (BatchNorm needs two)."""
     for start in range(0, len(order), batch_size):
@@ -102,17 +110,23 @@ def val_loss(probs: np.ndarray, val: ImageSet) -> float:
 
 def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
         preprocess: dict | None = None, progress: bool = True,
-        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+        on_epoch: Callable[[dict], None] | None = None,
+        backbone_init: BackboneCheckpoint | None = None) -> FitResult:
     """Train a classifier on ``train``, validate each epoch on ``val``, keep the best epoch.
 
     ``on_epoch`` receives each epoch's history row (e.g. to log it to a tracker).
+    ``backbone_init`` (e.g. from SSL pretraining) initialises the backbone; with
+    ``model_cfg.freeze_backbone`` only the head is trained on top of it.
     """
     check_fit_inputs(train, val)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     with deterministic(cfg.seed):
-        model = channels_last_if_cuda(Classifier(model_cfg, len(train.label_names)).to(device), device)
+        model = Classifier(model_cfg, len(train.label_names))
+        if backbone_init is not None:
+            load_backbone(model, backbone_init)
+        model = channels_last_if_cuda(model.to(device), device)
         mean, std = image_stats(train.images, seed=cfg.seed)
         loss_fn = create_loss(cfg.loss, train.labels, train.mask, cfg.focal_alpha, cfg.focal_gamma,
                               cfg.label_smoothing).to(device)

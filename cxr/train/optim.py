@@ -10,6 +10,9 @@ from cxr.data.split import label_groups
 from cxr.train.config import TrainConfig
 
 
+MIN_ONECYCLE_STEPS = 10
+
+
 def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, SGD (Nesterov) or RMSprop over the trainable parameters; no decay on norms and biases."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -33,8 +36,10 @@ class Schedule:
         self.kind, self.steps_per_epoch = cfg.scheduler, steps_per_epoch
         self.batches = 0
         if cfg.scheduler == "onecycle":
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2)
+            # OneCycleLR needs a warm-up phase of at least one step (pct_start * total >= 2)
+            total = max(cfg.epochs * steps_per_epoch, MIN_ONECYCLE_STEPS)
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+                                                                 pct_start=0.2)
         elif cfg.scheduler == "cosine_restarts":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
                 optimizer, T_0=cfg.restart_epochs)

@@ -14,12 +14,11 @@ logger = get_logger(__name__)
 
 
 @step(cache_policy=core_cache_policy("cxr.features.handcrafted"))
-def handcrafted_features(images: ImageSet, pool: str = "train") -> Annotated[FeatureTable, "features"]:
-    """Compute the 22 features for the rows of split ``pool`` ('all' for every row), in
-    parallel, and fit the StandardScaler on them (kept in the artifact).
-    YAML: ``steps.handcrafted_features.parameters.pool``.
+def handcrafted_features(images: ImageSet) -> Annotated[FeatureTable, "features"]:
+    """Compute the 22 features of the 'train' rows (the SSL pool; row order is what the pair
+    indices refer to), in parallel, and fit the StandardScaler on them (kept in the artifact).
     """
-    part = images if pool == "all" else images.split(pool)
+    part = images.split("train")
     started = time.perf_counter()
     table = fit_feature_table(compute(part.images, ids=part.ids))
     seconds = time.perf_counter() - started

@@ -1,6 +1,6 @@
 """finetune step: supervised training of a timm backbone + head on the train split."""
 
-from typing import Annotated, Tuple
+from typing import Annotated, Optional, Tuple
 
 import mlflow
 import pandas as pd
@@ -10,7 +10,7 @@ from zenml.logger import get_logger
 
 from cxr.data.imageset import ImageSet
 from cxr.data.preprocess import PreprocessConfig
-from cxr.models.checkpoint import Checkpoint
+from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint
 from cxr.models.classifier import ModelConfig
 from cxr.train.config import TrainConfig
 from cxr.train.loop import fit
@@ -29,7 +29,8 @@ def flatten(prefix: str, config: dict) -> dict:
 
 
 @step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.train.loop"))
-def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preprocess: PreprocessConfig) -> Tuple[
+def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preprocess: PreprocessConfig,
+             ssl_backbone: Optional[BackboneCheckpoint] = None) -> Tuple[
     Annotated[Checkpoint, ArtifactConfig(name="checkpoint", artifact_type=ArtifactType.MODEL)],
     Annotated[pd.DataFrame, "history"],
 ]:
@@ -37,13 +38,14 @@ def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preproces
 
     YAML: ``parameters.model`` (architecture) and ``parameters.train`` (optimisation).
     Logs the configs as MLflow params and each epoch's losses, val AUC, lr and speed as
-    MLflow metrics.
+    MLflow metrics. ``ssl_backbone`` (from ssl_pretrain) initialises the backbone; with
+    ``model.freeze_backbone`` only the head trains on it.
     """
     mlflow.log_params(flatten("model", model.model_dump()) | flatten("train", train.model_dump()))
     log_epoch = lambda row: mlflow.log_metrics(  # noqa: E731
         {k: float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     result = fit(images.split("train"), images.split("val"), model, train,
-                 preprocess=preprocess.model_dump(), on_epoch=log_epoch)
+                 preprocess=preprocess.model_dump(), on_epoch=log_epoch, backbone_init=ssl_backbone)
     meta = result.checkpoint.meta
     logger.info("best epoch %d of %d: val AUC %.4f", meta.epoch, len(result.history),
                 meta.val_metrics["val_auc"])

@@ -158,6 +158,17 @@ def test_schedules_step(name: str):
     assert (lrs[0] == lrs[1] == cfg.lr) if name == "none" else lrs != [cfg.lr, cfg.lr]
 
 
+def test_onecycle_survives_a_run_of_two_steps():
+    model = torch.nn.Linear(2, 1)
+    cfg = TrainConfig(scheduler="onecycle", epochs=1)
+    optimizer = create_optimizer(model, cfg)
+    schedule = Schedule(optimizer, cfg, steps_per_epoch=2)
+    for _ in range(2):
+        optimizer.step()
+        schedule.step_batch()
+    assert 0 < optimizer.param_groups[0]["lr"] <= cfg.lr
+
+
 @pytest.mark.parametrize("name", ["adamw", "sgd", "rmsprop"])
 def test_optimizers_skip_decay_on_biases(name: str):
     optimizer = create_optimizer(torch.nn.Linear(3, 1), TrainConfig(optimizer=name, weight_decay=0.1))

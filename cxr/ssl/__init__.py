@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: views, methods (lightly), the loop, probes."""

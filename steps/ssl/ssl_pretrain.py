@@ -1,0 +1,44 @@
+"""ssl_pretrain step: self-supervised pretraining of the backbone on the unlabelled train pool."""
+
+from typing import Annotated, Optional, Tuple
+
+import mlflow
+import numpy as np
+import pandas as pd
+from PIL import Image
+from zenml import ArtifactConfig, log_metadata, step
+from zenml.enums import ArtifactType
+from zenml.logger import get_logger
+
+from cxr.data.imageset import ImageSet
+from cxr.metrics.plots import ssl_curves
+from cxr.models.checkpoint import BackboneCheckpoint
+from cxr.ssl.pretrain import SSLConfig, pretrain
+from steps.caching import core_cache_policy
+from steps.train.finetune import flatten
+
+logger = get_logger(__name__)
+
+
+@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.ssl.pretrain", "cxr.metrics.plots"))
+def ssl_pretrain(images: ImageSet, backbone: str, cfg: SSLConfig, pairs: Optional[np.ndarray] = None) -> Tuple[
+    Annotated[BackboneCheckpoint, ArtifactConfig(name="ssl_backbone", artifact_type=ArtifactType.MODEL)],
+    Annotated[pd.DataFrame, "ssl_history"],
+    Annotated[Image.Image, "ssl_curves"],
+]:
+    """Pretrain ``backbone`` with ``cfg.method`` on the 'train' rows, labels unused.
+
+    Positives are nearest-neighbour ``pairs`` (from nn_pairs, indices into the train rows)
+    or two views of one image. Loss and embedding std go to MLflow each epoch; a collapse
+    is logged as a warning. YAML: ``parameters.ssl``.
+    """
+    mlflow.log_params(flatten("ssl", cfg.model_dump()))
+    log_epoch = lambda row: mlflow.log_metrics(  # noqa: E731
+        {f"ssl_{k}": float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    checkpoint, history = pretrain(images.split("train").images, backbone, cfg, pairs, on_epoch=log_epoch)
+    if history["collapsed"].iloc[-1]:
+        logger.warning("SSL representation collapsed (embedding std x sqrt(d) = %.3f)", history["embedding_std"].iloc[-1])
+    curves = ssl_curves(history, cfg.collapse_ratio)
+    mlflow.log_image(curves, artifact_file="plots/ssl_curves.png")
+    log_metadata(checkpoint.meta.model_dump())
+    return checkpoint, history, curves
