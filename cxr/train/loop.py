@@ -24,7 +24,7 @@ from cxr.errors import DataError
 from cxr.infer.predict import predict_proba, resolve_device
 from cxr.metrics.classification import mean_auc, per_label_auc
 from cxr.models.backbones import channels_last_if_cuda
-from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint, CheckpointMeta
+from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint, CheckpointMeta, cpu_state
 from cxr.models.classifier import Classifier, ModelConfig
 from cxr.train.augment import augment_batch
 from cxr.train.config import TrainConfig
@@ -108,6 +108,91 @@ def val_loss(probs: np.ndarray, val: ImageSet) -> float:
     return float(MaskedBCELoss()(logits, torch.from_numpy(val.labels), torch.from_numpy(val.mask)))
 
 
+@dataclass
+class TrainState:
+    """Everything one optimisation step needs besides the batch."""
+
+    model: Classifier
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    cfg: TrainConfig
+    device: torch.device
+    mean: float
+    std: float
+    generator: torch.Generator
+    rng: np.random.Generator
+    use_amp: bool
+    amp_dtype: torch.dtype
+
+
+def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """Autocast on CUDA only: bf16 where supported, else fp16 (which needs a grad scaler)."""
+    cuda = device.type == "cuda"
+    return cfg.amp and cuda, torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_state(train: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
+                backbone_init: BackboneCheckpoint | None) -> TrainState:
+    """Model (optionally from a pretrained backbone), loss, optimizer, schedule and RNGs."""
+    device = resolve_device(cfg.device)
+    model = Classifier(model_cfg, len(train.label_names))
+    if backbone_init is not None:
+        load_backbone(model, backbone_init)
+    model = channels_last_if_cuda(model.to(device), device)
+    mean, std = image_stats(train.images, seed=cfg.seed)
+    loss_fn = create_loss(cfg.loss, train.labels, train.mask, cfg.focal_alpha, cfg.focal_gamma,
+                          cfg.label_smoothing).to(device)
+    optimizer = create_optimizer(model, cfg)
+    steps = max(sum(1 for _ in batches(torch.arange(len(train)), cfg.batch_size)), 1)
+    use_amp, amp_dtype = amp_settings(cfg, device)
+    scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
+    return TrainState(model, loss_fn, optimizer, Schedule(optimizer, cfg, steps), scaler, cfg, device, mean, std,
+                      torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed), use_amp, amp_dtype)
+
+
+def train_step(state: TrainState, train: ImageSet, idx: np.ndarray) -> float:
+    """One augmented, mixed, (AMP) forward/backward/step on the rows ``idx``; returns the loss."""
+    cfg, device = state.cfg, state.device
+    x = torch.from_numpy(train.images[idx]).to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+    x = augment_batch(x, cfg.augment, state.generator).sub_(state.mean).div_(state.std)
+    y = torch.from_numpy(train.labels[idx]).to(device)
+    m = torch.from_numpy(train.mask[idx]).to(device)
+    x, y, m = mix_batch(x, y, m, state.rng, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.use_amp):
+        logits = state.model(x)
+    loss = state.loss_fn(logits.float(), y, m)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss.item()}; lower lr")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if cfg.grad_clip:
+        state.scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.schedule.step_batch()
+    return loss.item()
+
+
+def train_epoch(state: TrainState, train: ImageSet, weights: np.ndarray | None, desc: str,
+                progress: bool) -> tuple[float, int, float]:
+    """(mean train loss, images seen, seconds) of one pass over a shuffled or weighted order."""
+    state.model.train()
+    started, seen, loss_sum = time.perf_counter(), 0, 0.0
+    bar = tqdm(list(batches(epoch_order(len(train), weights, state.generator), state.cfg.batch_size)),
+               desc=desc, disable=not progress, leave=False)
+    for idx in bar:
+        loss = train_step(state, train, idx)
+        seen += len(idx)
+        loss_sum += loss * len(idx)
+        bar.set_postfix(loss=f"{loss:.4f}")
+    return loss_sum / max(seen, 1), seen, time.perf_counter() - started
+
+
 def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
         preprocess: dict | None = None, progress: bool = True,
         on_epoch: Callable[[dict], None] | None = None,
@@ -121,79 +206,36 @@ def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig
     check_fit_inputs(train, val)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
     with deterministic(cfg.seed):
-        model = Classifier(model_cfg, len(train.label_names))
-        if backbone_init is not None:
-            load_backbone(model, backbone_init)
-        model = channels_last_if_cuda(model.to(device), device)
-        mean, std = image_stats(train.images, seed=cfg.seed)
-        loss_fn = create_loss(cfg.loss, train.labels, train.mask, cfg.focal_alpha, cfg.focal_gamma,
-                              cfg.label_smoothing).to(device)
-        optimizer = create_optimizer(model, cfg)
-        steps = max(sum(1 for _ in batches(torch.arange(len(train)), cfg.batch_size)), 1)
-        schedule = Schedule(optimizer, cfg, steps)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
+        state = build_state(train, model_cfg, cfg, backbone_init)
         weights = balanced_sample_weights(train.labels, train.mask) if cfg.balanced_sampler else None
-        amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-        use_amp = cfg.amp and device.type == "cuda"
-        scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
-        labels, mask = torch.from_numpy(train.labels), torch.from_numpy(train.mask)
-
-        history, best_auc, best_state, best_epoch, stale = [], -math.inf, None, 0, 0
+        history, best_state, stale = [], None, 0
         for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            started, seen, loss_sum = time.perf_counter(), 0, 0.0
-            bar = tqdm(list(batches(epoch_order(len(train), weights, generator), cfg.batch_size)),
-                       desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
-            for idx in bar:
-                x = torch.from_numpy(train.images[idx]).to(device, non_blocking=True).unsqueeze(1).float().div_(255)
-                x = augment_batch(x, cfg.augment, generator).sub_(mean).div_(std)
-                y, m = labels[idx].to(device), mask[idx].to(device)
-                x, y, m = mix_batch(x, y, m, rng, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = model(x)
-                loss = loss_fn(logits.float(), y, m)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; lower lr")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                schedule.step_batch()
-                seen += len(idx)
-                loss_sum += loss.item() * len(idx)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            train_seconds = time.perf_counter() - started
-            probs = predict_proba(model, val.images, mean, std, cfg.batch_size * 2, device)
-            auc = mean_auc(val.labels, probs, val.mask)
-            row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss(probs, val),
-                   "val_auc": auc, "lr": optimizer.param_groups[0]["lr"],
-                   "train_seconds": train_seconds, "train_images_per_s": seen / train_seconds}
+            train_loss, seen, seconds = train_epoch(state, train, weights, f"epoch {epoch}/{cfg.epochs}", progress)
+            probs = predict_proba(state.model, val.images, state.mean, state.std, cfg.batch_size * 2, state.device)
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss(probs, val),
+                   "val_auc": mean_auc(val.labels, probs, val.mask), "lr": state.optimizer.param_groups[0]["lr"],
+                   "train_seconds": seconds, "train_images_per_s": seen / seconds}
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
             if progress:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            if auc > best_auc:
-                best_auc, best_epoch, stale = auc, epoch, 0
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-            schedule.step_epoch(auc)
+            improved = row["val_auc"] > max((h["val_auc"] for h in history[:-1]), default=-math.inf)
+            best_state, stale = (cpu_state(state.model), 0) if improved else (best_state, stale + 1)
+            state.schedule.step_epoch(row["val_auc"])
             if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
                 break
+    return FitResult(best_checkpoint(state, best_state, history, model_cfg, train, preprocess), pd.DataFrame(history))
 
-    model.load_state_dict(best_state)
-    best_row = history[best_epoch - 1]
+
+def best_checkpoint(state: TrainState, best_state: dict, history: list[dict], model_cfg: ModelConfig,
+                    train: ImageSet, preprocess: dict | None) -> Checkpoint:
+    """The best epoch's weights with the metadata needed to rebuild and apply them."""
+    best = max(history, key=lambda row: row["val_auc"])
+    state.model.load_state_dict(best_state)
     meta = CheckpointMeta(model=model_cfg, image_size=int(train.images.shape[1]),
-                          label_names=list(train.label_names), mean=mean, std=std, epoch=best_epoch,
-                          val_metrics={"val_auc": best_row["val_auc"], "val_loss": best_row["val_loss"]},
+                          label_names=list(train.label_names), mean=state.mean, std=state.std, epoch=best["epoch"],
+                          val_metrics={"val_auc": best["val_auc"], "val_loss": best["val_loss"]},
                           preprocess=preprocess or {})
-    return FitResult(Checkpoint.from_model(model.cpu(), meta), pd.DataFrame(history))
+    return Checkpoint.from_model(state.model.cpu(), meta)
