@@ -82,7 +82,7 @@ def inference_figures(checkpoint, images: np.ndarray, batch_size: int = 64) -> N
     bare_s = timed(bare)
     single_s = timed(lambda: predict_proba(model, images, meta.mean, meta.std, batch_size, "cpu"))
     tta_s = timed(lambda: predict_proba(model, images, meta.mean, meta.std, batch_size, "cpu",
-                                        tta_views(REFERENCE_VIEWS)), repeat=1)
+                                        tta_views(REFERENCE_VIEWS)))
     n = len(images)
     emit(metric="inference_images_per_s", bare_model_loop=round(n / bare_s, 1), single_pass=round(n / single_s, 1),
          tta_5_views=round(n / tta_s, 1), single_vs_bare=round(bare_s / single_s, 3),

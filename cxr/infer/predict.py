@@ -34,7 +34,9 @@ def predict_proba(model: nn.Module, images: np.ndarray, mean: float, std: float,
                   views: tuple[View, ...] = (), amp: bool = True) -> np.ndarray:
     """Sigmoid probabilities (N, L) averaged over ``views`` (identity when none is given).
 
-    All views of a batch go through the model as one stacked batch.
+    The views of a batch are stacked and go through the model ``batch_size`` images at a
+    time: a forward batch never grows with the number of views (on a CPU, one 5x larger
+    batch is slower per image than five batches).
     """
     device = resolve_device(device) if isinstance(device, str) else device
     model = model.eval().to(device)
@@ -46,6 +48,6 @@ def predict_proba(model: nn.Module, images: np.ndarray, mean: float, std: float,
         if device.type == "cuda":
             stacked = stacked.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=use_amp):
-            probs = torch.sigmoid(model(stacked).float())
+            probs = torch.sigmoid(torch.cat([model(chunk) for chunk in stacked.split(batch_size)]).float())
         out.append(probs.view(max(len(views), 1), len(x), -1).mean(0).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
