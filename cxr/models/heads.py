@@ -6,31 +6,19 @@ returns (B, num_classes) logits.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
-_HEADS: dict[str, Callable[..., nn.Module]] = {}
+from cxr.registry import Registry
 
-
-def register_head(name: str) -> Callable:
-    def wrap(cls):
-        _HEADS[name] = cls
-        return cls
-    return wrap
-
-
-def list_heads() -> list[str]:
-    return sorted(_HEADS)
+HEADS = Registry("head")
+register_head = HEADS.register
+list_heads = HEADS.names
 
 
 def create_head(name: str, in_features: int, num_classes: int, **kwargs) -> nn.Module:
     """Build the head registered as ``name``; None kwargs keep the head's defaults."""
-    if name not in _HEADS:
-        raise ValueError(f"unknown head {name!r}; choose from {list_heads()}")
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    return _HEADS[name](in_features, num_classes, **kwargs)
+    return HEADS.create(name, in_features, num_classes, **kwargs)
 
 
 def global_avg_pool(features: torch.Tensor) -> torch.Tensor:

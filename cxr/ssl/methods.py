@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,27 +26,17 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
 from cxr.models.heads import global_avg_pool
+from cxr.registry import Registry
 
 Views = list[torch.Tensor]
-_METHODS: dict[str, Callable[..., "SSLMethod"]] = {}
-
-
-def register_ssl_method(name: str) -> Callable:
-    def wrap(cls):
-        _METHODS[name] = cls
-        return cls
-    return wrap
-
-
-def list_ssl_methods() -> list[str]:
-    return sorted(_METHODS)
+SSL_METHODS = Registry("SSL method")
+register_ssl_method = SSL_METHODS.register
+list_ssl_methods = SSL_METHODS.names
 
 
 def create_ssl_method(name: str, backbone: nn.Module, feature_dim: int, **kwargs) -> "SSLMethod":
     """The method registered as ``name`` around ``backbone``; None kwargs keep its defaults."""
-    if name not in _METHODS:
-        raise ValueError(f"unknown SSL method {name!r}; choose from {list_ssl_methods()}")
-    return _METHODS[name](backbone, feature_dim, **{k: v for k, v in kwargs.items() if v is not None})
+    return SSL_METHODS.create(name, backbone, feature_dim, **kwargs)
 
 
 class SSLMethod(nn.Module, ABC):
