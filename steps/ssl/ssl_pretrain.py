@@ -15,7 +15,7 @@ from cxr.metrics.plots import ssl_curves
 from cxr.models.checkpoint import BackboneCheckpoint
 from cxr.ssl.pretrain import SSLConfig, pretrain
 from steps.caching import core_cache_policy
-from steps.train.finetune import flatten
+from steps.tracking import epoch_logger, flatten
 
 logger = get_logger(__name__)
 
@@ -33,9 +33,7 @@ def ssl_pretrain(images: ImageSet, backbone: str, cfg: SSLConfig, pairs: Optiona
     is logged as a warning. YAML: ``parameters.ssl``.
     """
     mlflow.log_params(flatten("ssl", cfg.model_dump()))
-    log_epoch = lambda row: mlflow.log_metrics(  # noqa: E731
-        {f"ssl_{k}": float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-    checkpoint, history = pretrain(images.split("train").images, backbone, cfg, pairs, on_epoch=log_epoch)
+    checkpoint, history = pretrain(images.split("train").images, backbone, cfg, pairs, on_epoch=epoch_logger("ssl_"))
     if history["collapsed"].iloc[-1]:
         logger.warning("SSL representation collapsed (embedding std x sqrt(d) = %.3f)", history["embedding_std"].iloc[-1])
     curves = ssl_curves(history, cfg.collapse_ratio)

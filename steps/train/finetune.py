@@ -15,17 +15,9 @@ from cxr.models.classifier import ModelConfig
 from cxr.train.config import TrainConfig
 from cxr.train.loop import fit
 from steps.caching import core_cache_policy
+from steps.tracking import epoch_logger, flatten
 
 logger = get_logger(__name__)
-
-
-def flatten(prefix: str, config: dict) -> dict:
-    """Nested config dict to flat ``prefix.key`` params for MLflow."""
-    out = {}
-    for key, value in config.items():
-        name = f"{prefix}.{key}"
-        out.update(flatten(name, value) if isinstance(value, dict) else {name: value})
-    return out
 
 
 @step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.train.loop"))
@@ -42,10 +34,8 @@ def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preproces
     ``model.freeze_backbone`` only the head trains on it.
     """
     mlflow.log_params(flatten("model", model.model_dump()) | flatten("train", train.model_dump()))
-    log_epoch = lambda row: mlflow.log_metrics(  # noqa: E731
-        {k: float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     result = fit(images.split("train"), images.split("val"), model, train,
-                 preprocess=preprocess.model_dump(), on_epoch=log_epoch, backbone_init=ssl_backbone)
+                 preprocess=preprocess.model_dump(), on_epoch=epoch_logger(), backbone_init=ssl_backbone)
     meta = result.checkpoint.meta
     logger.info("best epoch %d of %d: val AUC %.4f", meta.epoch, len(result.history),
                 meta.val_metrics["val_auc"])
