@@ -42,7 +42,7 @@ KERMANY = "{data_dir}/kermany-pneumonia-224"
 INITS = {"simsiam-nn": ("simsiam", "nn_pairs"), "simsiam": ("simsiam", "two_views"), "moco": ("moco", "two_views"),
          "byol": ("byol", "two_views"), "simclr": ("simclr", "two_views"), "swav": ("swav", "two_views")}
 PERCENTS = (1, 10, 100)
-EPOCHS = {1: 40, 10: 15, 100: 6}
+EPOCHS = {1: 20, 10: 10, 100: 4}  # fine-tune epochs per label fraction (2-core CPU budget)
 
 
 def emit(**fields) -> None:
