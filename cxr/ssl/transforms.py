@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torchvision.transforms.v2 import functional as TF
 
+from cxr.train.augment import jitter_intensity, uniform
+
 
 class SSLAugmentConfig(BaseModel):
     """View knobs (``parameters.ssl.augment`` in YAML)."""
@@ -30,15 +32,11 @@ class SSLAugmentConfig(BaseModel):
     small_crop_scale: tuple[float, float] = Field((0.1, 0.4), description="SwAV low-resolution crops")
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, generator=generator) * (high - low) + low
-
-
 def _crop_matrices(n: int, scale_range: tuple[float, float], cfg: SSLAugmentConfig,
                    generator: torch.Generator | None) -> torch.Tensor:
     """(n, 2, 3) matrices: a square crop of random area and position, flipped and rotated."""
-    side = torch.sqrt(_uniform(n, *scale_range, generator))
-    angle = _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, generator) * math.pi / 180
+    side = torch.sqrt(uniform(n, *scale_range, generator))
+    angle = uniform(n, -cfg.rotate_deg, cfg.rotate_deg, generator) * math.pi / 180
     flip = torch.where(torch.rand(n, generator=generator) < cfg.hflip_prob, -1.0, 1.0)
     centre = (torch.rand(n, 2, generator=generator) * 2 - 1) * (1 - side)[:, None]
     cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
@@ -71,7 +69,4 @@ def ssl_view(x: torch.Tensor, cfg: SSLAugmentConfig, generator: torch.Generator 
     grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
     view = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     view = _perspective(view, cfg, generator)
-    contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator).to(x.device, x.dtype).view(n, 1, 1, 1)
-    brightness = _uniform(n, -cfg.brightness, cfg.brightness, generator).to(x.device, x.dtype).view(n, 1, 1, 1)
-    mean = view.mean(dim=(1, 2, 3), keepdim=True)
-    return ((view - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    return jitter_intensity(view, cfg.brightness, cfg.contrast, generator)

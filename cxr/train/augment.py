@@ -28,17 +28,28 @@ class AugmentConfig(BaseModel):
     contrast: float = Field(0.15, ge=0, le=1, description="max relative contrast change")
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+def uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+    """n values drawn uniformly from [low, high)."""
     return torch.rand(n, generator=generator) * (high - low) + low
+
+
+def jitter_intensity(x: torch.Tensor, brightness: float, contrast: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image contrast scaling about the image mean plus a brightness shift, clamped to [0, 1]."""
+    n = x.shape[0]
+    scale = uniform(n, 1 - contrast, 1 + contrast, generator).to(x.device, x.dtype).view(n, 1, 1, 1)
+    shift = uniform(n, -brightness, brightness, generator).to(x.device, x.dtype).view(n, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * scale + mean + shift).clamp_(0.0, 1.0)
 
 
 def random_affine_matrices(n: int, cfg: AugmentConfig,
                            generator: torch.Generator | None = None) -> torch.Tensor:
     """(n, 2, 3) matrices mapping output to input coordinates for ``affine_grid``."""
-    angle = _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, generator) * math.pi / 180
-    scale = _uniform(n, cfg.scale_min, cfg.scale_max, generator)
+    angle = uniform(n, -cfg.rotate_deg, cfg.rotate_deg, generator) * math.pi / 180
+    scale = uniform(n, cfg.scale_min, cfg.scale_max, generator)
     flip = torch.where(torch.rand(n, generator=generator) < cfg.hflip_prob, -1.0, 1.0)
-    shift = _uniform(2 * n, -2 * cfg.translate, 2 * cfg.translate, generator).view(n, 2)
+    shift = uniform(2 * n, -2 * cfg.translate, 2 * cfg.translate, generator).view(n, 2)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([
         torch.stack([cos * flip, -sin, shift[:, 0]], 1),
@@ -53,8 +64,4 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig,
     theta = random_affine_matrices(n, cfg, generator).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator).to(x.device, x.dtype)
-    brightness = _uniform(n, -cfg.brightness, cfg.brightness, generator).to(x.device, x.dtype)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * contrast.view(n, 1, 1, 1) + mean + brightness.view(n, 1, 1, 1)
-    return x.clamp_(0.0, 1.0)
+    return jitter_intensity(x, cfg.brightness, cfg.contrast, generator)

@@ -20,9 +20,10 @@ from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from cxr.data.imageset import ImageSet
+from cxr.data.split import check_val_classes
 from cxr.errors import DataError
 from cxr.infer.predict import predict_proba, resolve_device
-from cxr.metrics.classification import mean_auc, per_label_auc
+from cxr.metrics.classification import mean_auc
 from cxr.models.backbones import channels_last_if_cuda
 from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint, CheckpointMeta, cpu_state
 from cxr.models.classifier import Classifier, ModelConfig
@@ -72,10 +73,7 @@ def check_fit_inputs(train: ImageSet, val: ImageSet) -> None:
             raise DataError(f"the {name} set is empty")
     if train.label_names != val.label_names:
         raise DataError(f"train labels {train.label_names} differ from val labels {val.label_names}")
-    aucs = per_label_auc(val.labels, np.zeros_like(val.labels), val.mask)
-    one_class = [n for n, a in zip(val.label_names, aucs) if not np.isfinite(a)]
-    if one_class:
-        raise DataError(f"val labels {one_class} hold a single class: AUC is undefined")
+    check_val_classes(val)
 
 
 def load_backbone(model: Classifier, init: BackboneCheckpoint) -> None:
