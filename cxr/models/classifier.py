@@ -20,7 +20,7 @@ class ModelConfig(BaseModel):
     weights_path: str | None = Field(None, description="local backbone weights file")
     head: str = Field("linear", description="linear, mlp or attention")
     head_drop_rate: float = Field(0.0, ge=0, lt=1)
-    head_batch_norm: bool = Field(False, description="BatchNorm in the mlp head")
+    head_batch_norm: bool = Field(False, description="BatchNorm in the linear or mlp head")
     drop_path_rate: float | None = Field(None, ge=0, lt=1, description="stochastic depth")
     freeze_backbone: bool = Field(False, description="train the head only")
 
@@ -35,7 +35,7 @@ class Classifier(nn.Module):
             weights_path=cfg.weights_path if load_weights else None,
             drop_path_rate=cfg.drop_path_rate)
         head_kwargs = {"drop_rate": cfg.head_drop_rate}
-        if cfg.head == "mlp":
+        if cfg.head in ("linear", "mlp"):
             head_kwargs["batch_norm"] = cfg.head_batch_norm
         self.head = create_head(cfg.head, feature_dim(self.backbone), num_classes, **head_kwargs)
         self.frozen_backbone = cfg.freeze_backbone

@@ -32,15 +32,20 @@ def global_avg_pool(features: torch.Tensor) -> torch.Tensor:
 
 @register_head("linear")
 class LinearHead(nn.Module):
-    """Average pool, dropout, one linear layer."""
+    """Average pool, optional non-affine BatchNorm, dropout, one linear layer.
 
-    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0):
+    The BatchNorm standardises frozen features the way linear evaluation of SSL backbones
+    does (MoCo v3, MAE): without it a linear head on raw SSL features trains slowly.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, drop_rate: float = 0.0, batch_norm: bool = False):
         super().__init__()
+        self.norm = nn.BatchNorm1d(in_features, affine=False) if batch_norm else nn.Identity()
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(global_avg_pool(features)))
+        return self.fc(self.drop(self.norm(global_avg_pool(features))))
 
 
 @register_head("mlp")

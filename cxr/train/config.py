@@ -28,6 +28,8 @@ class TrainConfig(BaseModel):
     focal_alpha: float | None = Field(0.25, gt=0, lt=1)
     focal_gamma: float = Field(2.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    samples_per_epoch: int | None = Field(None, ge=2, description="rows drawn per epoch (repeats past the set "
+                                          "size); gives a small labelled set enough steps per val check")
     balanced_sampler: bool = Field(False, description="WeightedRandomSampler by inverse class frequency")
     mixup_alpha: float = Field(0.0, ge=0)
     cutmix_alpha: float = Field(0.0, ge=0)

@@ -92,11 +92,15 @@ def batches(order: torch.Tensor, batch_size: int) -> Iterator[np.ndarray]:
             yield np.sort(idx)
 
 
-def epoch_order(n: int, weights: np.ndarray | None, generator: torch.Generator) -> torch.Tensor:
-    """A shuffled permutation, or a WeightedRandomSampler draw (with replacement) when weighted."""
+def epoch_order(n: int, weights: np.ndarray | None, generator: torch.Generator,
+                size: int | None = None) -> torch.Tensor:
+    """``size`` (default n) row indices: back-to-back shuffled permutations, or a
+    WeightedRandomSampler draw (with replacement) when weighted."""
+    size = size or n
     if weights is None:
-        return torch.randperm(n, generator=generator)
-    sampler = WeightedRandomSampler(weights.tolist(), n, replacement=True, generator=generator)
+        rounds = -(-size // n)
+        return torch.cat([torch.randperm(n, generator=generator) for _ in range(rounds)])[:size]
+    sampler = WeightedRandomSampler(weights.tolist(), size, replacement=True, generator=generator)
     return torch.tensor(list(sampler))
 
 
@@ -143,7 +147,7 @@ def build_state(train: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
     loss_fn = create_loss(cfg.loss, train.labels, train.mask, cfg.focal_alpha, cfg.focal_gamma,
                           cfg.label_smoothing).to(device)
     optimizer = create_optimizer(model, cfg)
-    steps = max(sum(1 for _ in batches(torch.arange(len(train)), cfg.batch_size)), 1)
+    steps = max(sum(1 for _ in batches(torch.arange(cfg.samples_per_epoch or len(train)), cfg.batch_size)), 1)
     use_amp, amp_dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
     return TrainState(model, loss_fn, optimizer, Schedule(optimizer, cfg, steps), scaler, cfg, device, mean, std,
@@ -181,7 +185,8 @@ def train_epoch(state: TrainState, train: ImageSet, weights: np.ndarray | None, 
     """(mean train loss, images seen, seconds) of one pass over a shuffled or weighted order."""
     state.model.train()
     started, seen, loss_sum = time.perf_counter(), 0, 0.0
-    bar = tqdm(list(batches(epoch_order(len(train), weights, state.generator), state.cfg.batch_size)),
+    order = epoch_order(len(train), weights, state.generator, state.cfg.samples_per_epoch)
+    bar = tqdm(list(batches(order, state.cfg.batch_size)),
                desc=desc, disable=not progress, leave=False)
     for idx in bar:
         loss = train_step(state, train, idx)

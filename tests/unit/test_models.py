@@ -92,3 +92,13 @@ def test_incomplete_checkpoint_is_named(tmp_path: Path):
     (tmp_path / "meta.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="lacks model.safetensors"):
         load_checkpoint(tmp_path)
+
+
+def test_linear_head_batch_norm_standardises_features_scale_free():
+    torch.manual_seed(0)
+    head = create_head("linear", 8, 1, batch_norm=True).train()
+    features = torch.randn(64, 8, 2, 2)
+    logits = head(features)
+    assert torch.allclose(head(features * 1000.0 + 5.0), logits, atol=1e-3)
+    plain = create_head("linear", 8, 1)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())

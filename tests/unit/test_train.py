@@ -142,6 +142,13 @@ def test_weighted_epoch_order_draws_classes_evenly():
     assert sorted(epoch_order(10, None, torch.Generator().manual_seed(0)).tolist()) == list(range(10))
 
 
+def test_samples_per_epoch_repeats_every_row_evenly():
+    order = epoch_order(10, None, torch.Generator().manual_seed(0), size=25).numpy()
+    assert len(order) == 25
+    assert sorted(order[:10].tolist()) == sorted(order[10:20].tolist()) == list(range(10))
+    assert len(set(order[20:].tolist())) == 5
+
+
 @pytest.mark.parametrize("name", ["onecycle", "cosine_restarts", "plateau", "none"])
 def test_schedules_step(name: str):
     model = torch.nn.Linear(2, 1)
