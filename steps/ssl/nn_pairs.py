@@ -11,18 +11,20 @@ from steps.caching import core_cache_policy
 
 
 @step(cache_policy=core_cache_policy("cxr.features.pairs"))
-def nn_pairs(features: FeatureTable, k: int = 1, mutual: bool = False) -> Tuple[
+def nn_pairs(features: FeatureTable, k: int = 1, mutual: bool = False, search: str = "exact",
+             nprobe: int = 32) -> Tuple[
     Annotated[np.ndarray, "pairs"],
     Annotated[np.ndarray, "pair_distances"],
 ]:
     """(P, 2) int64 pairs of row indices into the feature pool, and their Euclidean distances
-    on standardised features; self is never chosen. ``mutual`` keeps reciprocal pairs only.
-    YAML: ``steps.nn_pairs.parameters.{k, mutual}``.
+    on standardised features; self is never chosen. ``mutual`` keeps reciprocal pairs only;
+    ``search: ivf`` is faiss's approximate index for pools of 100k+ images.
+    YAML: ``steps.nn_pairs.parameters.{k, mutual, search, nprobe}``.
 
     Raises:
         ValueError: ``k`` larger than the number of other images.
     """
-    found = nearest_neighbours(features.standardised(), k=k, mutual=mutual)
+    found = nearest_neighbours(features.standardised(), k=k, mutual=mutual, search=search, nprobe=nprobe)
     rows, cols = np.nonzero(found.keep)
     log_metadata({"pairs": int(len(rows)), "mean_distance": float(found.distances[rows, cols].mean())})
     return found.pairs(), found.distances[rows, cols]

@@ -99,6 +99,18 @@ class TestNearestNeighbours:
         np.fill_diagonal(d, np.inf)
         np.testing.assert_array_equal(pairs.indices, np.argsort(d, axis=1, kind="stable")[:, :3])
 
+    def test_ivf_search_finds_the_exact_neighbours_on_clustered_points(self):
+        centres = RNG.normal(scale=10, size=(20, 22))
+        features = centres[RNG.integers(0, 20, 4000)] + RNG.normal(size=(4000, 22))
+        exact = nearest_neighbours(features, k=1)
+        approx = nearest_neighbours(features, k=1, search="ivf", nprobe=8)
+        assert (approx.indices != np.arange(4000)[:, None]).all()
+        assert (approx.indices == exact.indices).mean() > 0.97
+        np.testing.assert_allclose(approx.distances, np.linalg.norm(features - features[approx.indices[:, 0]],
+                                                                    axis=1)[:, None], rtol=1e-4)
+        with pytest.raises(ValueError, match="unknown neighbour search 'annoy'"):
+            nearest_neighbours(features, search="annoy")
+
 
 def test_feature_table_standardises_on_its_pool():
     values = pd.DataFrame({"a": [1.0, 2.0, 3.0], "flat": [5.0, 5.0, 5.0]}, index=["x", "y", "z"])
