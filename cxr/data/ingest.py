@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cxr.data.imageset import ImageSet
+from cxr.data.label_tables import LabelPolicy, TableFilter, read_chexpert_table, read_nih_table
 from cxr.data.sources import read_class_folders, read_csv_table, read_image_folder, read_medmnist_npz
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -32,14 +33,16 @@ class IngestConfig(BaseModel):
     """Where the images are and how to read their labels (``parameters.data`` in YAML).
 
     ``source``: ``folders`` (one sub-folder per class), ``images`` (flat unlabelled folder),
-    ``csv`` (table + image folder) or ``medmnist`` (``.npz``).
+    ``csv`` (table + image folder), ``medmnist`` (``.npz``), ``nih`` (a ChestX-ray14
+    ``Data_Entry`` table + image folder) or ``chexpert`` (``train.csv`` + the folder its
+    ``Path`` column is relative to).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["folders", "images", "csv", "medmnist"]
+    source: Literal["folders", "images", "csv", "medmnist", "nih", "chexpert"]
     path: str = Field(description="class-folder root, image folder, CSV file or .npz file")
-    image_dir: str | None = Field(None, description="csv: folder holding the images")
+    image_dir: str | None = Field(None, description="csv, nih, chexpert: folder holding the images")
     negative_class: str | None = Field(None, description="folders: class folder with no label column")
     patient_id_pattern: str | None = Field(None, description="regex; group 1 of the id is the patient")
     id_column: str = "id"
@@ -50,11 +53,15 @@ class IngestConfig(BaseModel):
     split: str = Field("train", description="medmnist: train, val or test")
     label_names: list[str] = Field(default_factory=list,
                                    description="images: label columns to predict; medmnist: names")
+    policy: LabelPolicy = Field(default_factory=LabelPolicy, description="chexpert: uncertain and blank cells")
+    filter: TableFilter = Field(default_factory=TableFilter, description="nih, chexpert: view and patient filters")
 
     @model_validator(mode="after")
     def _check(self) -> "IngestConfig":
         if self.source == "csv" and not self.image_dir:
             raise ValueError("data.image_dir is required when data.source is 'csv'")
+        if self.source in ("nih", "chexpert") and not self.image_dir:
+            raise ValueError(f"data.image_dir is required when data.source is {self.source!r}")
         return self
 
 
@@ -68,4 +75,8 @@ def read_source(cfg: IngestConfig) -> ImageSet:
     if cfg.source == "csv":
         return read_csv_table(path, resolve_path(cfg.image_dir), cfg.id_column, cfg.label_columns,
                               cfg.path_column, cfg.patient_column, cfg.image_suffix)
+    if cfg.source == "nih":
+        return read_nih_table(path, resolve_path(cfg.image_dir), cfg.filter)
+    if cfg.source == "chexpert":
+        return read_chexpert_table(path, resolve_path(cfg.image_dir), cfg.policy, cfg.filter)
     return read_medmnist_npz(path, cfg.split, cfg.label_names or None)

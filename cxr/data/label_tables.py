@@ -1,0 +1,161 @@
+"""Readers for the two public multi-label tables: NIH ChestX-ray14 and CheXpert.
+
+NIH's ``Data_Entry`` table joins findings with ``|`` and writes ``No Finding`` for an image
+with none (all 14 known negatives). CheXpert's table holds 14 observations as 1.0 / 0.0 /
+-1.0 (uncertain) / blank (not mentioned); a ``LabelPolicy`` maps the last two to 0, 1 or
+unknown (masked). Label names keep the fixed published order in every artifact.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from cxr.data.imageset import ImageSet, make_manifest
+from cxr.data.sources import check_files
+from cxr.errors import DataError, list_problems
+
+NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+                "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
+NIH_NO_FINDING = "No Finding"
+CHEXPERT_OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+                         "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+                         "Pleural Other", "Fracture", "Support Devices")
+CHEXPERT_PATIENT = re.compile(r"(patient\d+)")
+
+
+class LabelPolicy(BaseModel):
+    """How uncertain (-1) and blank CheXpert cells become labels (``parameters.data.policy``).
+
+    ``uncertain``: ``zeros`` (U-Zeros), ``ones`` (U-Ones) or ``ignore`` (U-Ignore, masked out).
+    ``blank``: ``negative`` (0, known) or ``unknown`` (masked out).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    uncertain: Literal["zeros", "ones", "ignore"] = "zeros"
+    blank: Literal["negative", "unknown"] = "negative"
+
+
+class TableFilter(BaseModel):
+    """Row filters applied before labels are parsed (``parameters.data.filter``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frontal_only: bool = Field(False, description="CheXpert: drop lateral views (NIH is all frontal)")
+    view_positions: list[str] | None = Field(None, description="keep only these views, e.g. [PA] or [AP, PA]")
+    one_per_patient: bool = Field(False, description="keep each patient's first row in table order")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """The CSV (or .csv.gz) at ``path`` as strings, blanks kept as empty strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"label table {path} does not exist")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if table.empty:
+        raise DataError(f"{path} has no rows")
+    return table
+
+
+def require_columns(table: pd.DataFrame, columns: Sequence[str], source: str) -> None:
+    """Raise a DataError naming the table and the columns it lacks."""
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{source} lacks columns {missing}; it has {list(table.columns)}")
+
+
+def filter_rows(table: pd.DataFrame, filt: TableFilter, patient: pd.Series, view: pd.Series | None,
+                frontal: pd.Series | None) -> np.ndarray:
+    """Row indices kept by the filter, in table order."""
+    keep = np.ones(len(table), bool)
+    if filt.frontal_only and frontal is not None:
+        keep &= frontal.to_numpy()
+    if filt.view_positions is not None:
+        if view is None:
+            raise DataError("view_positions filter asked for but the table has no view column")
+        keep &= view.isin(filt.view_positions).to_numpy()
+    rows = np.flatnonzero(keep)
+    if filt.one_per_patient:
+        rows = rows[~patient.iloc[rows].duplicated().to_numpy()]
+    if len(rows) == 0:
+        raise DataError(f"no rows left after the filter {filt.model_dump()}")
+    return rows
+
+
+def nih_labels(findings: pd.Series, source: str) -> np.ndarray:
+    """(N, 14) 0/1 matrix from ``Finding Labels`` cells; an unknown finding is an error."""
+    known = set(NIH_FINDINGS) | {NIH_NO_FINDING}
+    split = findings.str.split("|")
+    problems = [f"{source} line {i + 2}: unknown finding {name!r} in {cell!r}"
+                for i, (cell, names) in enumerate(zip(findings, split)) for name in names if name not in known]
+    if problems:
+        raise DataError("bad Finding Labels:" + list_problems(problems))
+    exploded = split.explode()
+    hits = pd.crosstab(exploded.index, exploded).reindex(index=range(len(findings)), columns=list(NIH_FINDINGS),
+                                                         fill_value=0)
+    return (hits.to_numpy() > 0).astype(np.float32)
+
+
+def read_nih_table(csv_path: str | Path, image_dir: str | Path | None, filt: TableFilter = TableFilter(),
+                   ) -> ImageSet:
+    """NIH ``Data_Entry``: ``Image Index``, ``Finding Labels`` (``|``-joined), ``Patient ID``.
+
+    Every label is known; ``No Finding`` is all zeros. With ``image_dir`` None the image
+    files are not checked (label-table work without the 45 GB of images).
+    """
+    table = read_table(csv_path)
+    require_columns(table, ["Image Index", "Finding Labels", "Patient ID"], str(csv_path))
+    view = table["View Position"] if "View Position" in table.columns else None
+    rows = filter_rows(table, filt, table["Patient ID"], view, None)
+    table = table.iloc[rows].reset_index(drop=True)
+    labels = nih_labels(table["Finding Labels"].str.strip(), str(csv_path))
+    return _imageset(table["Image Index"].tolist(), table["Image Index"].tolist(), table["Patient ID"].tolist(),
+                     image_dir, NIH_FINDINGS, labels, np.ones_like(labels, bool))
+
+
+def chexpert_labels(table: pd.DataFrame, policy: LabelPolicy, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, mask) of the 14 observations under ``policy``; other cell values are errors."""
+    cells = table[list(CHEXPERT_OBSERVATIONS)].apply(lambda c: c.str.strip())
+    bad = ~cells.isin(["1.0", "0.0", "-1.0", "1", "0", "-1", ""])
+    if bad.to_numpy().any():
+        rows, cols = np.nonzero(bad.to_numpy())
+        raise DataError("bad CheXpert label values:" + list_problems(
+            [f"{source} line {r + 2}, column {cells.columns[c]!r}: {cells.iat[r, c]!r} (use 1.0, 0.0, -1.0 or blank)"
+             for r, c in zip(rows, cols)]))
+    blank = (cells == "").to_numpy()
+    values = cells.replace("", "0").astype(float).to_numpy()
+    uncertain = values == -1
+    labels = np.where(uncertain, 1.0 if policy.uncertain == "ones" else 0.0, values)
+    mask = ~((uncertain & (policy.uncertain == "ignore")) | (blank & (policy.blank == "unknown")))
+    return labels.astype(np.float32), mask
+
+
+def read_chexpert_table(csv_path: str | Path, image_root: str | Path | None, policy: LabelPolicy = LabelPolicy(),
+                        filt: TableFilter = TableFilter()) -> ImageSet:
+    """CheXpert ``train.csv``: ``Path`` (relative to ``image_root``), ``Frontal/Lateral``,
+    ``AP/PA`` and the 14 observations; the patient is the ``patientNNNNN`` part of the path."""
+    table = read_table(csv_path)
+    require_columns(table, ["Path", "Frontal/Lateral", "AP/PA", *CHEXPERT_OBSERVATIONS], str(csv_path))
+    patient = table["Path"].str.extract(CHEXPERT_PATIENT, expand=False)
+    if patient.isna().any():
+        line = int(np.flatnonzero(patient.isna().to_numpy())[0]) + 2
+        raise DataError(f"{csv_path} line {line}: no patientNNNNN in Path {table['Path'].iloc[line - 2]!r}")
+    rows = filter_rows(table, filt, patient, table["AP/PA"], table["Frontal/Lateral"] == "Frontal")
+    table, patient = table.iloc[rows].reset_index(drop=True), patient.iloc[rows].tolist()
+    labels, mask = chexpert_labels(table, policy, str(csv_path))
+    return _imageset(table["Path"].tolist(), table["Path"].tolist(), patient, image_root, CHEXPERT_OBSERVATIONS,
+                     labels, mask)
+
+
+def _imageset(ids: list[str], names: list[str], patients: list[str], image_dir: str | Path | None,
+              label_names: Sequence[str], labels: np.ndarray, mask: np.ndarray) -> ImageSet:
+    """An ImageSet over ``image_dir / name``; files are checked only when ``image_dir`` is set."""
+    paths = [str(Path(image_dir) / n) for n in names] if image_dir is not None else names
+    check_files(paths if image_dir is not None else [], ids)
+    return ImageSet(make_manifest(ids, paths, patients), tuple(label_names), labels, mask)
