@@ -1,0 +1,1 @@
+"""Category-wise Fine-Tuning of the last layer by a genetic algorithm."""
