@@ -25,9 +25,9 @@ def population_logits(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor
 def binned_counts(logits: torch.Tensor, y: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(negatives, positives), each (P, bins): label counts per score level, lowest level first."""
     lo, hi = logits.aminmax(dim=1, keepdim=True)
-    level = ((logits - lo) / (hi - lo).clamp_min(1e-12) * (bins - 1)).round_().long()
-    rows = torch.arange(len(logits), device=logits.device)[:, None] * (2 * bins)
-    counts = torch.bincount((rows + level + bins * y.long()).flatten(), minlength=2 * bins * len(logits))
+    scaled = (logits - lo).mul_((bins - 1) / (hi - lo).clamp_min(1e-12)).add_(0.5)
+    offsets = torch.arange(len(logits), device=logits.device)[:, None] * (2 * bins) + bins * y.long()
+    counts = torch.bincount(scaled.long().add_(offsets).flatten(), minlength=2 * bins * len(logits))
     counts = counts.view(len(logits), 2, bins).to(logits.dtype)
     return counts[:, 0], counts[:, 1]
 

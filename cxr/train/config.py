@@ -30,6 +30,8 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     samples_per_epoch: int | None = Field(None, ge=2, description="rows drawn per epoch (repeats past the set "
                                           "size); gives a small labelled set enough steps per val check")
+    negative_keep_fraction: float = Field(1.0, gt=0, le=1, description="share of all-negative images (no known "
+                                          "positive) drawn afresh each epoch; an NIH reference kept 0.2")
     balanced_sampler: bool = Field(False, description="WeightedRandomSampler by inverse class frequency")
     mixup_alpha: float = Field(0.0, ge=0)
     cutmix_alpha: float = Field(0.0, ge=0)

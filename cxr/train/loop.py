@@ -104,6 +104,29 @@ def epoch_order(n: int, weights: np.ndarray | None, generator: torch.Generator,
     return torch.tensor(list(sampler))
 
 
+def all_negative(train: ImageSet) -> np.ndarray:
+    """True for rows with no known positive label."""
+    return ~((train.labels > 0.5) & train.mask).any(axis=1)
+
+
+def rows_per_epoch(train: ImageSet, cfg: TrainConfig) -> int:
+    """Rows one epoch draws: all of them, or fewer under negative undersampling, or ``samples_per_epoch``."""
+    if cfg.samples_per_epoch:
+        return cfg.samples_per_epoch
+    negatives = int(all_negative(train).sum())
+    return len(train) - negatives + math.ceil(cfg.negative_keep_fraction * negatives)
+
+
+def epoch_rows(train: ImageSet, fraction: float, generator: torch.Generator) -> np.ndarray:
+    """Row indices eligible this epoch: every row with a known positive plus a fresh random
+    ``fraction`` of the all-negative rows."""
+    if fraction >= 1:
+        return np.arange(len(train))
+    negatives = np.flatnonzero(all_negative(train))
+    keep = torch.randperm(len(negatives), generator=generator)[:math.ceil(fraction * len(negatives))].numpy()
+    return np.sort(np.concatenate([np.flatnonzero(~all_negative(train)), negatives[keep]]))
+
+
 def val_loss(probs: np.ndarray, val: ImageSet) -> float:
     """Masked BCE of val probabilities (comparable across losses)."""
     logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6))
@@ -147,7 +170,7 @@ def build_state(train: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
     loss_fn = create_loss(cfg.loss, train.labels, train.mask, cfg.focal_alpha, cfg.focal_gamma,
                           cfg.label_smoothing).to(device)
     optimizer = create_optimizer(model, cfg)
-    steps = max(sum(1 for _ in batches(torch.arange(cfg.samples_per_epoch or len(train)), cfg.batch_size)), 1)
+    steps = max(sum(1 for _ in batches(torch.arange(rows_per_epoch(train, cfg)), cfg.batch_size)), 1)
     use_amp, amp_dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
     return TrainState(model, loss_fn, optimizer, Schedule(optimizer, cfg, steps), scaler, cfg, device, mean, std,
@@ -185,8 +208,10 @@ def train_epoch(state: TrainState, train: ImageSet, weights: np.ndarray | None, 
     """(mean train loss, images seen, seconds) of one pass over a shuffled or weighted order."""
     state.model.train()
     started, seen, loss_sum = time.perf_counter(), 0, 0.0
-    order = epoch_order(len(train), weights, state.generator, state.cfg.samples_per_epoch)
-    bar = tqdm(list(batches(order, state.cfg.batch_size)),
+    rows = epoch_rows(train, state.cfg.negative_keep_fraction, state.generator)
+    order = rows[epoch_order(len(rows), None if weights is None else weights[rows], state.generator,
+                             state.cfg.samples_per_epoch).numpy()]
+    bar = tqdm(list(batches(torch.from_numpy(order), state.cfg.batch_size)),
                desc=desc, disable=not progress, leave=False)
     for idx in bar:
         loss = train_step(state, train, idx)

@@ -15,7 +15,8 @@ from cxr.errors import DataError
 from cxr.models.classifier import ModelConfig
 from cxr.train.augment import AugmentConfig, augment_batch
 from cxr.train.config import TrainConfig
-from cxr.train.loop import epoch_order, fit
+from cxr.data.imageset import ImageSet, make_manifest
+from cxr.train.loop import epoch_order, epoch_rows, fit, rows_per_epoch
 from cxr.train.mixing import mix_batch
 from cxr.train.optim import Schedule, balanced_sample_weights, create_optimizer
 from tests.conftest import write_class_tree
@@ -140,6 +141,23 @@ def test_weighted_epoch_order_draws_classes_evenly():
     order = epoch_order(1000, weights, torch.Generator().manual_seed(0)).numpy()
     assert len(order) == 1000 and 0.45 < labels[order, 0].mean() < 0.55
     assert sorted(epoch_order(10, None, torch.Generator().manual_seed(0)).tolist()) == list(range(10))
+
+
+def test_negative_undersampling_keeps_every_positive_and_a_fresh_share_of_negatives():
+    labels = np.zeros((100, 2), np.float32)
+    labels[:10, 0] = 1
+    labels[10:20, 1] = 1
+    mask = np.ones_like(labels, bool)
+    mask[20:30, 1] = False
+    labels[20:30, 1] = 1  # unknown positives do not count
+    ids = [str(i) for i in range(100)]
+    train = ImageSet(make_manifest(ids, ids), ("a", "b"), labels, mask)
+    generator = torch.Generator().manual_seed(0)
+    first, second = epoch_rows(train, 0.25, generator), epoch_rows(train, 0.25, generator)
+    assert set(range(20)) <= set(first) and len(first) == 20 + 20 == rows_per_epoch(train, TrainConfig(
+        negative_keep_fraction=0.25))
+    assert set(first) != set(second)
+    assert len(epoch_rows(train, 1.0, generator)) == 100
 
 
 def test_samples_per_epoch_repeats_every_row_evenly():
