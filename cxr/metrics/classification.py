@@ -71,7 +71,9 @@ def label_report(y: np.ndarray, p: np.ndarray, label_names: list[str], mask: np.
 
 
 def summary_metrics(report: pd.DataFrame) -> dict[str, float]:
-    """Mean AUC/AP/F1/kappa over labels plus the per-label AUCs, as flat floats for MLflow."""
+    """Mean AUC/AP/F1/kappa over labels, min/median/max AUC and the per-label AUCs, as flat
+    floats for MLflow."""
     out = {f"mean_{k}": float(report[k].mean()) for k in ("auc", "average_precision", "f1", "kappa")}
+    out.update({f"{stat}_auc": float(getattr(report["auc"], stat)()) for stat in ("min", "median", "max")})
     out.update({f"auc_{row.label}": float(row.auc) for row in report.itertuples()})
     return out

@@ -25,20 +25,36 @@ def _to_image(fig: plt.Figure) -> Image.Image:
 
 
 def roc_curves(y: np.ndarray, p: np.ndarray, label_names: list[str],
-               mask: np.ndarray | None = None) -> Image.Image:
-    """ROC curve per label (known labels only) with its AUC in the legend."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+               mask: np.ndarray | None = None, max_overlaid: int = 4) -> Image.Image:
+    """ROC curve per label (known labels only) with its AUC: overlaid for up to
+    ``max_overlaid`` labels, else one small panel per label (14 overlaid curves are unreadable)."""
+    grid = len(label_names) > max_overlaid
+    cols = min(len(label_names), 5) if grid else 1
+    rows = -(-len(label_names) // cols) if grid else 1
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows) if grid else (5.5, 5), squeeze=False)
     for j, name in enumerate(label_names):
+        ax = axes.flat[j] if grid else axes.flat[0]
         keep = slice(None) if mask is None else mask[:, j]
         yj = (y[keep, j] > 0.5).astype(int)
         if len(np.unique(yj)) < 2:
+            ax.set_title(f"{name}: one class", fontsize=8)
             continue
         fpr, tpr, _ = roc_curve(yj, p[keep, j])
         ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {np.trapezoid(tpr, fpr):.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (validation)",
-           xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
+        if grid:
+            ax.set_title(f"{name}  AUC {np.trapezoid(tpr, fpr):.3f}", fontsize=8)
+    for ax in axes.flat[:len(label_names) if grid else 1]:
+        ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1.01))
+    for ax in axes.flat[len(label_names) if grid else 1:]:
+        ax.axis("off")
+    if grid:
+        fig.supxlabel("false positive rate")
+        fig.supylabel("true positive rate")
+        fig.suptitle("ROC per label (validation)")
+    else:
+        axes.flat[0].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (validation)")
+        axes.flat[0].legend(loc="lower right", fontsize=8)
     return _to_image(fig)
 
 

@@ -51,6 +51,8 @@ def test_report_matches_scikit_learn():
     assert row["tp"] == int((pred & (Y[50:, 1] == 1)).sum())
     summary = summary_metrics(report)
     assert summary["mean_auc"] == pytest.approx(report["auc"].mean()) and "auc_b" in summary
+    assert summary["min_auc"] == pytest.approx(report["auc"].min())
+    assert summary["min_auc"] <= summary["median_auc"] <= summary["max_auc"] == pytest.approx(report["auc"].max())
 
 
 def test_fixed_thresholds_are_used_as_given():
@@ -64,3 +66,11 @@ def test_plots_render():
     for image in (roc_curves(Y, P, ["a", "b"], MASK), training_curves(history),
                   confusion_matrices(label_report(Y, P, ["a", "b"]))):
         assert image.size[0] > 200 and image.size[1] > 200
+
+
+def test_many_labels_get_one_roc_panel_each():
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 14)) < 0.3).astype(np.float32)
+    p = np.clip(y * 0.3 + rng.random((200, 14)) * 0.7, 0, 1)
+    overlaid, grid = roc_curves(y[:, :2], p[:, :2], ["a", "b"]), roc_curves(y, p, [f"l{j}" for j in range(14)])
+    assert grid.size[0] > 2 * overlaid.size[0] and grid.size[1] > overlaid.size[1]
