@@ -1,12 +1,14 @@
 """Training pipeline: ingest -> split -> preprocess -> [features -> nn_pairs -> ssl_pretrain]
--> finetune -> TTA -> evaluate -> register, and, when test data is given, ingest ->
-preprocess -> TTA -> submission for it. The bracketed SSL branch runs when ``ssl`` is set."""
+-> finetune -> [cft_features -> cft_finetune] -> TTA -> evaluate -> register, and, when test
+data is given, ingest -> preprocess -> TTA -> submission for it. The bracketed branches run
+when ``ssl`` and ``cft`` are set."""
 
 from typing import Optional
 
 from zenml import pipeline
 
 import materializers  # noqa: F401  (registers the ImageSet and Checkpoint materializers)
+from cxr.cft.genetic import CFTConfig
 from cxr.data.ingest import IngestConfig
 from cxr.data.preprocess import PreprocessConfig
 from cxr.data.split import SplitConfig
@@ -19,7 +21,7 @@ from steps.evaluate import evaluate
 from steps.infer import submission, tta_predict
 from steps.registry import register_model
 from steps.ssl import handcrafted_features, nn_pairs, ssl_pretrain, ssl_probe
-from steps.train import finetune
+from steps.train import cft_features, cft_finetune, finetune
 
 
 @pipeline
@@ -35,6 +37,7 @@ def training_pipeline(
     tta_views: list[str] = list(REFERENCE_VIEWS),
     registered_model_name: str = "cxr-classifier",
     ssl: Optional[SSLConfig] = None,
+    cft: Optional[CFTConfig] = None,
 ) -> None:
     """Train, evaluate and register a chest X-ray classifier; write a submission for test data.
 
@@ -50,6 +53,7 @@ def training_pipeline(
         tta_views: test-time views averaged for val metrics and the submission.
         registered_model_name: MLflow registered model that gets a new version.
         ssl: self-supervised pretraining of the backbone before the fine-tune (None: off).
+        cft: category-wise GA fine-tune of the last layer after the fine-tune (None: off).
     """
     images = ingest(source=data)
     images = split_dataset(images=images, cfg=split)
@@ -63,6 +67,10 @@ def training_pipeline(
         ssl_probe(ssl_backbone=ssl_backbone, images=images)
     checkpoint, history = finetune(images=images, model=model, train=train, preprocess=preprocess,
                                    ssl_backbone=ssl_backbone)
+    if cft is not None:
+        train_features, val_features = cft_features(checkpoint=checkpoint, images=images)
+        checkpoint, _ = cft_finetune(checkpoint=checkpoint, images=images, train_features=train_features,
+                                     val_features=val_features, cfg=cft)
     val_predictions = tta_predict(checkpoint=checkpoint, images=images, subset="val", views=tta_views,
                                   id="tta_predict_val")
     val_metrics, _, _, _, _ = evaluate(val_predictions=val_predictions, images=images, history=history)

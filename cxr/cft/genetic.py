@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from cxr.cft.fitness import FITNESSES, population_auc, population_fitness, population_logits
+from cxr.cft.fitness import population_auc, population_fitness, population_logits
 from cxr.infer.predict import resolve_device
 
 Evaluator = Callable[[torch.Tensor], torch.Tensor]
@@ -31,7 +31,8 @@ class CFTConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fitness: str = Field("average_precision", description=f"one of {FITNESSES}")
+    fitness: Literal["average_precision", "auc", "bce"] = Field(
+        "average_precision", description="average_precision as in the CFT reference code, auc, or bce")
     population: int = Field(32, ge=4)
     generations: int = Field(60, ge=1)
     patience: int = Field(10, ge=1, description="generations without a better val candidate before stopping")

@@ -6,6 +6,8 @@ validation does not see patients it trained on, which otherwise flatters val AUC
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.model_selection import StratifiedGroupKFold
@@ -32,13 +34,16 @@ def label_groups(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def check_val_classes(val: ImageSet) -> None:
-    """Raise if a val label holds only one known class (its AUC would be undefined)."""
-    for j, name in enumerate(val.label_names):
-        known = val.labels[val.mask[:, j], j]
-        if len(np.unique(known > 0.5)) < 2:
-            raise DataError(f"the validation split has a single class for label {name!r} "
-                            f"({len(known)} known labels): AUC is undefined; use a larger "
-                            "val_fraction or more data")
+    """Raise if no val label holds both known classes (no AUC could be computed); warn, naming
+    them, about labels that hold one class (their AUC is undefined and left out of the mean)."""
+    single = [f"{name!r} ({int(val.mask[:, j].sum())} known)" for j, name in enumerate(val.label_names)
+              if len(np.unique(val.labels[val.mask[:, j], j] > 0.5)) < 2]
+    if single and len(single) == len(val.label_names):
+        raise DataError(f"the validation split has a single class for label {', '.join(single)}: AUC is "
+                        "undefined; use a larger val_fraction or more data")
+    if single:
+        warnings.warn(f"the validation split has a single class for label {', '.join(single)}: its AUC is "
+                      "undefined and left out of mean AUC", stacklevel=2)
 
 
 def split_train_val(imageset: ImageSet, cfg: SplitConfig) -> ImageSet:

@@ -176,6 +176,15 @@ class TestSplit:
         with pytest.raises(DataError, match="single class for label 'pneumonia'"):
             split_train_val(images, SplitConfig(val_fraction=0.25))
 
+    def test_one_single_class_label_among_several_warns_and_names_it(self):
+        manifest = pd.DataFrame({"id": list("abcdefgh"), "path": "x", "patient_id": list("abcdefgh"),
+                                 "split": "all"})
+        labels = np.array([[1, 0], [0, 0]] * 4, np.float32)
+        images = ImageSet(manifest, ("effusion", "hernia"), labels, np.ones_like(labels, bool))
+        with pytest.warns(UserWarning, match="single class for label 'hernia'"):
+            split = split_train_val(images, SplitConfig(val_fraction=0.25))
+        assert split.split("val").labels[:, 1].sum() == 0
+
     def test_too_few_patients(self, class_tree: Path):
         images = read_class_folders(class_tree, "NORMAL", r"^(patient)")
         with pytest.raises(DataError, match="too few"):
