@@ -4,6 +4,8 @@
     python run.py train [--config zenml_config.yaml]  # setup, then one pipeline run
     python run.py mlflow-ui                          # MLflow UI on this stack's tracking store
     python run.py info                               # tracking URI, stack, latest run
+    python run.py predict IMAGE_OR_FOLDER [--checkpoint DIR | --artifact cft_checkpoint]
+                          [--gradcam OUT_DIR --top 3] [--tta] [--csv OUT.csv]
 """
 
 from __future__ import annotations
@@ -69,6 +71,51 @@ def train(config: str, run_name: str | None = None):
     return training_pipeline.with_options(config_path=config, run_name=name)()
 
 
+def load_model(checkpoint_dir: str | None, artifact: str):
+    """A checkpoint folder (model.safetensors + meta.json), else the latest ZenML artifact ``artifact``."""
+    from cxr.models.checkpoint import load_checkpoint
+
+    if checkpoint_dir:
+        return load_checkpoint(checkpoint_dir)
+    from zenml.client import Client
+
+    import materializers  # noqa: F401  (registers the Checkpoint materializer)
+
+    setup_stack()
+    return Client().get_artifact_version(artifact).load()
+
+
+def predict(target: str, checkpoint_dir: str | None, artifact: str, tta: bool, gradcam: str | None, top: int,
+            csv: str | None):
+    """Per-finding probabilities of one image or every image in a folder; optional Grad-CAM PNGs."""
+    import pandas as pd
+
+    from cxr.data.sources import list_images
+    from cxr.infer.explain import write_overlays
+    from cxr.infer.serving import preprocess_files
+    from cxr.infer.tta import REFERENCE_VIEWS, predict_imageset
+
+    path = Path(target)
+    if not path.exists():
+        raise FileNotFoundError(f"no image or folder at {path}")
+    files = list_images(path) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"no images (.png, .jpg, ...) in {path}")
+    checkpoint = load_model(checkpoint_dir, artifact)
+    images = preprocess_files(checkpoint, [str(f) for f in files], [f.name for f in files])
+    probs = predict_imageset(checkpoint, images, REFERENCE_VIEWS if tta else ("original",))
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        print(probs.set_index("id").T.round(4).to_string() if len(files) == 1 else probs.round(4).to_string(index=False))
+    if csv:
+        probs.to_csv(csv, index=False)
+    if gradcam:
+        values = probs[list(checkpoint.meta.label_names)].to_numpy()
+        for i, name in enumerate(images.ids):
+            out = write_overlays(checkpoint, images.images[i], values[i], Path(gradcam) / f"{Path(name).stem}_gradcam.png",
+                                 top)
+            print(f"Grad-CAM: {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     ui = commands.add_parser("mlflow-ui", help="serve the MLflow UI for this stack")
     ui.add_argument("--port", default="5000")
     commands.add_parser("info", help="print the stack, tracking URI and latest run")
+    pred = commands.add_parser("predict", help="per-finding probabilities of an image or folder")
+    pred.add_argument("target", help="an image file or a folder of images")
+    pred.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + meta.json)")
+    pred.add_argument("--artifact", default="checkpoint",
+                      help="else the latest ZenML artifact of this name (checkpoint, cft_checkpoint)")
+    pred.add_argument("--tta", action="store_true", help="average the five reference TTA views")
+    pred.add_argument("--gradcam", metavar="OUT_DIR", help="write Grad-CAM overlays of the top findings here")
+    pred.add_argument("--top", type=int, default=3, help="findings per Grad-CAM image")
+    pred.add_argument("--csv", help="also write the probabilities to this CSV")
     args = parser.parse_args(argv)
 
     if args.command == "setup":
@@ -90,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_stack()
         return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
                                 "--port", args.port])
+    elif args.command == "predict":
+        predict(args.target, args.checkpoint, args.artifact, args.tta, args.gradcam, args.top, args.csv)
     elif args.command == "info":
         from zenml.client import Client
 

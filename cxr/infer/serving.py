@@ -13,14 +13,18 @@ from cxr.infer.tta import predict_imageset
 from cxr.models.checkpoint import Checkpoint
 
 
-def predict_files(checkpoint: Checkpoint, paths: Sequence[str], ids: Sequence[str] | None = None,
-                  views: Sequence[str] = ("original",), batch_size: int = 64,
-                  device: str = "auto") -> pd.DataFrame:
-    """Decode, preprocess (the checkpoint's training settings) and predict image files."""
+def preprocess_files(checkpoint: Checkpoint, paths: Sequence[str], ids: Sequence[str] | None = None) -> ImageSet:
+    """Decode and preprocess image files with the checkpoint's training settings."""
     ids = list(ids) if ids is not None else [str(p) for p in paths]
     manifest = make_manifest(ids, paths)
     imageset = ImageSet(manifest, (), np.zeros((len(ids), 0), np.float32), np.zeros((len(ids), 0), bool))
     cfg = PreprocessConfig(**{**checkpoint.meta.preprocess, "image_size": checkpoint.meta.image_size,
                               "skip_corrupt": False})
-    decoded = preprocess_imageset(imageset, cfg, progress=False)
-    return predict_imageset(checkpoint, decoded, views, batch_size, device)
+    return preprocess_imageset(imageset, cfg, progress=False)
+
+
+def predict_files(checkpoint: Checkpoint, paths: Sequence[str], ids: Sequence[str] | None = None,
+                  views: Sequence[str] = ("original",), batch_size: int = 64,
+                  device: str = "auto") -> pd.DataFrame:
+    """Decode, preprocess (the checkpoint's training settings) and predict image files."""
+    return predict_imageset(checkpoint, preprocess_files(checkpoint, paths, ids), views, batch_size, device)
