@@ -6,7 +6,7 @@ with 1%, 10% and 100% of the training labels.
 SSL always sees every training image (labels unused); the fine-tune sees the labelled
 fraction (stratified, seeded). Validation is the same patient-level val split for every
 cell. "frozen" trains a linear head over non-affine BatchNorm (standard linear evaluation);
-labelled sets under 1,024 images are repeated to 1,024 draws per epoch. Writes
+labelled sets under 512 images are repeated to 512 draws per epoch. Writes
 ``<init>_<finetune>_<pct>pct.csv`` (5-view TTA on test/images) to --out and prints one
 JSON line per SSL run and per cell, then a summary. Runs on the core directly
 (no ZenML) at a small resolution so the whole grid fits a 2-core CPU budget.
@@ -45,7 +45,7 @@ INITS = {"simsiam-nn": ("simsiam", "nn_pairs"), "simsiam": ("simsiam", "two_view
          "byol": ("byol", "two_views"), "simclr": ("simclr", "two_views"), "swav": ("swav", "two_views")}
 PERCENTS = (1, 10, 100)
 EPOCHS = {1: 10, 10: 10, 100: 4}  # fine-tune epochs per label fraction (2-core CPU budget)
-MIN_SAMPLES_PER_EPOCH = 1024  # small labelled sets repeat so every epoch is >= 32 steps
+MIN_SAMPLES_PER_EPOCH = 512  # small labelled sets repeat so every epoch is >= 16 steps
 
 
 def emit(**fields) -> None:
