@@ -1,0 +1,80 @@
+"""Multi-label training with unknown labels and the CFT branch through ZenML, on generated
+images in the NIH Data_Entry format; GA knobs alone re-run only CFT and what follows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from cxr.data.label_tables import NIH_FINDINGS
+from tests.conftest import synthetic_xray
+
+pytestmark = pytest.mark.slow
+
+FINDINGS = list(NIH_FINDINGS)
+
+
+def write_nih_folder(root: Path, n: int = 64, size: int = 32) -> Path:
+    """``images/`` plus a Data_Entry-style ``labels.csv``: Effusion images carry an opacity,
+    others get random findings; two images per patient."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        effusion = i % 2 == 0
+        extra = [FINDINGS[j] for j in rng.choice([0, 1, 3], size=rng.integers(0, 2), replace=False)]
+        names = (["Effusion"] if effusion else []) + extra
+        cv2.imwrite(str(root / "images" / f"{i:08d}_000.png"), synthetic_xray(rng, size, effusion))
+        rows.append({"Image Index": f"{i:08d}_000.png", "Finding Labels": "|".join(names) or "No Finding",
+                     "Patient ID": i // 2})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def write_config(folder: Path, data: Path, population: int) -> Path:
+    path = folder / f"nih-{population}.yaml"
+    path.write_text(yaml.safe_dump({"parameters": {
+        "data": {"source": "nih", "path": str(data / "labels.csv"), "image_dir": str(data / "images")},
+        "split": {"val_fraction": 0.25},
+        "preprocess": {"image_size": 32},
+        "model": {"backbone": "resnet10t"},
+        "train": {"epochs": 2, "batch_size": 8, "loss": "pos_weight_bce", "negative_keep_fraction": 0.5},
+        "tta_views": ["original"],
+        "registered_model_name": "cxr-nih-test",
+        "cft": {"population": population, "generations": 5, "patience": 5, "min_known": 2},
+    }}))
+    return path
+
+
+def test_cft_branch_updates_only_the_last_layer_and_reruns_alone(tmp_path: Path):
+    import run as cli
+    from zenml.client import Client
+
+    data = write_nih_folder(tmp_path / "nih")
+    first = Client().get_pipeline_run(cli.train(str(write_config(tmp_path, data, 8)), "nih-first").id)
+    assert str(first.status.value) == "completed"
+    before = first.steps["finetune"].outputs["checkpoint"][0].load()
+    after = first.steps["cft_finetune"].outputs["cft_checkpoint"][0].load()
+    assert after.meta.label_names == FINDINGS
+    changed = {k for k in before.state_dict if not torch.equal(before.state_dict[k], after.state_dict[k])}
+    assert changed <= {"head.fc.weight", "head.fc.bias"}
+    report = first.steps["cft_finetune"].outputs["cft_report"][0].load()
+    assert list(report["label"]) == FINDINGS
+    tuned = report[report["skipped"] == ""]
+    assert "Effusion" in set(tuned["label"]) and (tuned["val_fitness_after"] >= tuned["val_fitness_before"]).all()
+    assert (report.loc[report["skipped"] != "", "train_known"] >= 0).all()
+    features = first.steps["cft_features"].outputs["train_features"][0].load()
+    assert features.shape == (len(first.steps["split_dataset"].outputs["split_images"][0].load().split("train")), 512)
+    metrics = first.steps["evaluate"].outputs["val_metrics"][0].load()
+    assert 0 <= metrics["min_auc"] <= metrics["median_auc"] <= metrics["max_auc"] <= 1
+
+    second = Client().get_pipeline_run(cli.train(str(write_config(tmp_path, data, 12)), "nih-second").id)
+    status = {name: str(step.status.value) for name, step in second.steps.items()}
+    assert status["finetune"] == status["cft_features"] == "cached"
+    assert status["cft_finetune"] == status["evaluate"] == "completed"
