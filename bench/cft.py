@@ -72,7 +72,7 @@ def main() -> None:
     for j in range(args.categories):
         genome = torch.cat([trained[j], torch.zeros(1)])
         y, yv = torch.from_numpy(labels[:, j]), torch.from_numpy(labels_v[:, j])
-        val_eval = vectorised_evaluator(fixed.fitness, xvt, yv)
+        val_eval = vectorised_evaluator(fixed.fitness, xvt, yv, fixed.bins)
         fast = timed_ga(genome, vectorised_evaluator(fixed.fitness, xt, y, fixed.bins), val_eval, fixed)
         slow = timed_ga(genome, one_at_a_time(xt, y), val_eval, fixed)
         print(json.dumps({"bench": "cft_speed", "category": j, "rows": args.rows, "dim": args.dim,

@@ -40,8 +40,8 @@ class CFTConfig(BaseModel):
     init_scale: float = Field(0.1, gt=0, description="initial spread, relative to the std of the trained weights")
     mutation_rate: float = Field(0.1, gt=0, le=1, description="fraction of genes mutated per child")
     mutation_scale: float = Field(0.05, gt=0, description="mutation std, relative to the std of the trained weights")
-    bins: int | None = Field(4096, ge=16, description="train fitness on scores quantised to this many levels "
-                                                       "(fast); None sorts exactly. Val fitness is always exact")
+    bins: int | None = Field(4096, ge=16, description="fitness on scores quantised to this many levels (fast); "
+                                                       "None sorts exactly")
     min_known: int = Field(10, ge=2, description="categories with fewer known positives or negatives are skipped")
     seed: int = 0
     device: str = "auto"
@@ -144,7 +144,7 @@ def category_finetune(train_x: np.ndarray, train_labels: np.ndarray, train_mask:
             continue
         genome = torch.cat([new_weight[j], new_bias[j:j + 1]]).to(device)
         result = evolve(genome, vectorised_evaluator(cfg.fitness, x_tr, y_tr, cfg.bins),
-                        vectorised_evaluator(cfg.fitness, x_va, y_va), cfg, generator)
+                        vectorised_evaluator(cfg.fitness, x_va, y_va, cfg.bins), cfg, generator)
         new_weight[j], new_bias[j] = result.weights, result.bias
         auc = lambda w, b: float(population_auc(population_logits(x_va, w[None].to(device),  # noqa: E731
                                                                   torch.tensor([b], device=device)), y_va)[0])
