@@ -4,6 +4,7 @@
     python run.py train [--config zenml_config.yaml]  # setup, then one pipeline run
     python run.py mlflow-ui                          # MLflow UI on this stack's tracking store
     python run.py info                               # tracking URI, stack, latest run
+    python run.py rollback [--name cxr-pneumonia]    # champion alias back to the previous champion
     python run.py predict IMAGE_OR_FOLDER [--checkpoint DIR | --artifact cft_checkpoint]
                           [--gradcam OUT_DIR --top 3] [--tta] [--csv OUT.csv]
 """
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ui = commands.add_parser("mlflow-ui", help="serve the MLflow UI for this stack")
     ui.add_argument("--port", default="5000")
     commands.add_parser("info", help="print the stack, tracking URI and latest run")
+    back = commands.add_parser("rollback", help="give the champion alias back to the previous champion")
+    back.add_argument("--name", default="cxr-pneumonia", help="registered model name")
     pred = commands.add_parser("predict", help="per-finding probabilities of an image or folder")
     pred.add_argument("target", help="an image file or a folder of images")
     pred.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + meta.json)")
@@ -146,6 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         setup_stack()
         return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
                                 "--port", args.port])
+    elif args.command == "rollback":
+        import mlflow
+
+        from steps.registry.lifecycle import rollback
+
+        setup_stack()
+        mlflow.set_tracking_uri(tracking_uri())
+        restored, demoted = rollback(mlflow.MlflowClient(), args.name)
+        print(f"{args.name}: champion is version {restored} again; version {demoted} is now challenger")
     elif args.command == "predict":
         predict(args.target, args.checkpoint, args.artifact, args.tta, args.gradcam, args.top, args.csv)
     elif args.command == "info":

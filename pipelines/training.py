@@ -1,7 +1,7 @@
 """Training pipeline: ingest -> split -> preprocess -> [features -> nn_pairs -> ssl_pretrain]
--> finetune -> [cft_features -> cft_finetune] -> TTA -> evaluate -> register, and, when test
-data is given, ingest -> preprocess -> TTA -> submission for it. The bracketed branches run
-when ``ssl`` and ``cft`` are set."""
+-> finetune -> [cft_features -> cft_finetune] -> TTA -> evaluate -> register [-> promote], and, when test
+data is given, ingest -> preprocess -> TTA -> submission for it. The bracketed steps run
+when ``ssl``, ``cft`` and ``promotion`` are set."""
 
 from typing import Optional
 
@@ -12,6 +12,7 @@ from cxr.cft.genetic import CFTConfig
 from cxr.data.ingest import IngestConfig
 from cxr.data.preprocess import PreprocessConfig
 from cxr.data.split import SplitConfig
+from cxr.lifecycle.promotion import PromotionConfig
 from cxr.infer.tta import REFERENCE_VIEWS
 from cxr.models.classifier import ModelConfig
 from cxr.ssl.pretrain import SSLConfig
@@ -19,7 +20,7 @@ from cxr.train.config import TrainConfig
 from steps.data import ingest, preprocess_images, split_dataset
 from steps.evaluate import evaluate
 from steps.infer import submission, tta_predict
-from steps.registry import register_model
+from steps.registry import promote_model, register_model
 from steps.ssl import handcrafted_features, nn_pairs, ssl_pretrain, ssl_probe
 from steps.train import cft_features, cft_finetune, finetune
 
@@ -38,6 +39,7 @@ def training_pipeline(
     registered_model_name: str = "cxr-classifier",
     ssl: Optional[SSLConfig] = None,
     cft: Optional[CFTConfig] = None,
+    promotion: Optional[PromotionConfig] = None,
 ) -> None:
     """Train, evaluate and register a chest X-ray classifier; write a submission for test data.
 
@@ -54,6 +56,7 @@ def training_pipeline(
         registered_model_name: MLflow registered model that gets a new version.
         ssl: self-supervised pretraining of the backbone before the fine-tune (None: off).
         cft: category-wise GA fine-tune of the last layer after the fine-tune (None: off).
+        promotion: champion/challenger decision for the new version (None: register only).
     """
     images = ingest(source=data)
     images = split_dataset(images=images, cfg=split)
@@ -74,8 +77,11 @@ def training_pipeline(
     val_predictions = tta_predict(checkpoint=checkpoint, images=images, subset="val", views=tta_views,
                                   id="tta_predict_val")
     val_metrics, _, _, _, _ = evaluate(val_predictions=val_predictions, images=images, history=history)
-    register_model(checkpoint=checkpoint, val_metrics=val_metrics,
-                   registered_model_name=registered_model_name)
+    model_version = register_model(checkpoint=checkpoint, val_metrics=val_metrics,
+                                   registered_model_name=registered_model_name)
+    if promotion is not None:
+        promote_model(model_version=model_version, images=images, registered_model_name=registered_model_name,
+                      cfg=promotion)
     if test_data is not None:
         test_images = ingest(source=test_data, id="ingest_test")
         test_images = preprocess_images(images=test_images, cfg=preprocess, id="preprocess_test")

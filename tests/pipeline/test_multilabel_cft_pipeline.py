@@ -48,7 +48,8 @@ def write_config(folder: Path, data: Path, population: int) -> Path:
         "tta_views": ["original"],
         "registered_model_name": "cxr-nih-test",
         "cft": {"population": population, "generations": 5, "patience": 5, "min_known": 2},
-    }}))
+        "promotion": {"n_bootstrap": 200},
+    }, "model": {"name": "cxr-nih-test"}}))
     return path
 
 
@@ -78,3 +79,23 @@ def test_cft_branch_updates_only_the_last_layer_and_reruns_alone(tmp_path: Path)
     status = {name: str(step.status.value) for name, step in second.steps.items()}
     assert status["finetune"] == status["cft_features"] == "cached"
     assert status["cft_finetune"] == status["evaluate"] == "completed"
+
+
+def test_promotion_moves_aliases_and_mirrors_the_zenml_stage():
+    import mlflow
+    from zenml.client import Client
+
+    import run as cli
+
+    client = Client()
+    runs = {name: client.get_pipeline_run(name) for name in ("nih-first", "nih-second")}
+    first = runs["nih-first"].steps["promote_model"].outputs["promotion"][0].load()
+    second = runs["nih-second"].steps["promote_model"].outputs["promotion"][0].load()
+    assert first["alias"] == "champion" and first["reason"] == "no champion yet"
+    assert second["alias"] in ("champion", "challenger") and second["champion_before"] == 1
+    assert second["alias"] == ("champion" if second["ci_low"] > 0 else "challenger")
+    mlflow.set_tracking_uri(cli.tracking_uri())
+    champion = mlflow.MlflowClient().get_model_version_by_alias("cxr-nih-test", "champion")
+    assert int(champion.version) == (2 if second["alias"] == "champion" else 1)
+    stages = {str(v.stage.value) if v.stage else None for v in client.list_model_versions("cxr-nih-test").items}
+    assert "production" in stages

@@ -1,0 +1,1 @@
+"""Model lifecycle decisions (promotion), free of registry code."""

@@ -1,0 +1,105 @@
+"""The MLflow side of the model lifecycle: log a checkpoint as a registered pyfunc version,
+score registered versions, move champion/challenger aliases (no deprecated stages), roll
+back. Shared by the registry steps and ``run.py rollback``; no ZenML imports, so it is
+tested against a plain MLflow store.
+
+Writes are ordered so that an interruption never leaves the registry without the old
+champion: ``previous_champion`` is set first, then ``champion`` moves in one call.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from cxr.data.imageset import ImageSet
+from cxr.lifecycle.promotion import PromotionConfig, PromotionDecision, decide
+from cxr.models.checkpoint import Checkpoint, save_checkpoint
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
+PYFUNC_FILE = Path(__file__).with_name("cxr_pyfunc.py")
+CORE_DIR = Path(__file__).resolve().parents[2] / "cxr"
+SERVING_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "numpy", "pandas", "pydantic",
+                    "opencv-python-headless", "scikit-learn", "matplotlib", "pillow", "tqdm")
+
+
+def log_checkpoint_model(checkpoint: Checkpoint, name: str, tags: dict[str, str] | None = None) -> int:
+    """Log ``checkpoint`` as a pyfunc (safetensors + the core's code, no pickle) under the active
+    MLflow run, register it as a new version of ``name`` with ``tags``; returns the version."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(checkpoint, tmp)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_FILE), artifacts={"checkpoint": tmp},
+            code_paths=[str(CORE_DIR)], registered_model_name=name,
+            pip_requirements=[f"{p}=={package_version(p)}" for p in SERVING_PACKAGES])
+    version = int(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, str(version), key, value)
+    return version
+
+
+def registry_predictions(name: str, version: str, images: ImageSet) -> pd.DataFrame:
+    """Single-view predictions of a registered version on ``images``' files, as it is served."""
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    return model.predict(pd.DataFrame({"id": images.ids, "path": images.manifest["path"].tolist()}))
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding ``alias``, or None when no version holds it."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def apply_decision(client: MlflowClient, name: str, version: int, decision: PromotionDecision) -> str:
+    """Move the aliases for ``decision`` and tag ``version`` with its evidence; returns the alias given."""
+    for key, value in decision.as_dict().items():
+        client.set_model_version_tag(name, str(version), f"promotion_{key}", str(value))
+    if not decision.promote:
+        client.set_registered_model_alias(name, CHALLENGER, str(version))
+        return CHALLENGER
+    champion = alias_version(client, name, CHAMPION)
+    if champion is not None and int(champion.version) != version:
+        client.set_registered_model_alias(name, PREVIOUS, str(champion.version))
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    return CHAMPION
+
+
+def promote(client: MlflowClient, name: str, version: int, val: ImageSet,
+            cfg: PromotionConfig) -> tuple[str, PromotionDecision | None, int | None]:
+    """Decide on ``version`` against the current champion on ``val`` (both scored as served),
+    then move the aliases. Returns (alias, decision, champion version before).
+
+    Every prediction and the decision come before the first registry write, so any failure
+    leaves the previous champion in place.
+    """
+    champion = alias_version(client, name, CHAMPION)
+    if champion is not None and int(champion.version) == version:
+        return CHAMPION, None, version
+    labels = list(val.label_names)
+    new = registry_predictions(name, str(version), val)[labels].to_numpy()
+    old = None if champion is None else registry_predictions(name, str(champion.version), val)[labels].to_numpy()
+    decision = decide(val.labels, val.mask, new, old, cfg)
+    return apply_decision(client, name, version, decision), decision, None if champion is None else int(champion.version)
+
+
+def rollback(client: MlflowClient, name: str) -> tuple[int, int]:
+    """Give ``champion`` back to the ``previous_champion`` version; returns (restored, demoted)."""
+    previous, champion = alias_version(client, name, PREVIOUS), alias_version(client, name, CHAMPION)
+    if previous is None:
+        raise ValueError(f"registered model {name!r} has no {PREVIOUS!r} alias: nothing to roll back to")
+    client.set_registered_model_alias(name, CHAMPION, str(previous.version))
+    client.delete_registered_model_alias(name, PREVIOUS)
+    if champion is not None:
+        client.set_registered_model_alias(name, CHALLENGER, str(champion.version))
+        client.set_model_version_tag(name, str(champion.version), "rolled_back", "true")
+    return int(previous.version), int(champion.version) if champion is not None else -1

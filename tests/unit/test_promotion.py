@@ -1,0 +1,139 @@
+"""Champion/challenger promotion: the paired bootstrap decision, and alias moves on a real
+MLflow registry (temporary SQLite store) with models registered as the pipeline does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cxr.data.imageset import ImageSet, make_manifest
+from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
+from cxr.lifecycle.promotion import PromotionConfig, bootstrap_auc_deltas, decide
+from cxr.models.checkpoint import Checkpoint, CheckpointMeta
+from cxr.models.classifier import Classifier, ModelConfig
+from tests.conftest import synthetic_xray
+
+RNG = np.random.default_rng(0)
+
+
+class TestDecision:
+    y = (RNG.random((400, 2)) < 0.3).astype(np.float32)
+    good = np.clip(y * 0.4 + RNG.random(y.shape) * 0.6, 0, 1)
+    weak = np.clip(y * 0.1 + RNG.random(y.shape) * 0.9, 0, 1)
+    mask = np.ones_like(y, bool)
+
+    def test_better_is_promoted_worse_and_equal_are_not(self):
+        assert decide(self.y, self.mask, self.good, self.weak).promote
+        assert not decide(self.y, self.mask, self.weak, self.good).promote
+        tie = decide(self.y, self.mask, self.good, self.good)
+        assert not tie.promote and tie.ci_low == tie.ci_high == 0
+        assert decide(self.y, self.mask, self.weak, None).reason == "no champion yet"
+
+    def test_margin_must_be_beaten_with_confidence(self):
+        decision = decide(self.y, self.mask, self.good, self.weak)
+        assert decision.ci_low < decision.delta < decision.ci_high
+        assert not decide(self.y, self.mask, self.good, self.weak, PromotionConfig(margin=decision.ci_low + 0.01)).promote
+
+    def test_bootstrap_is_paired_and_ignores_unknown_labels(self):
+        mask = self.mask.copy()
+        mask[:200, 1] = False
+        shuffled = self.weak.copy()
+        shuffled[:200, 1] = RNG.random(200)  # unknown rows: any score must not matter
+        a = bootstrap_auc_deltas(self.y, mask, self.good, self.weak, 200, seed=1)
+        b = bootstrap_auc_deltas(self.y, mask, self.good, shuffled, 200, seed=1)
+        np.testing.assert_allclose(a, b)
+        assert np.all(bootstrap_auc_deltas(self.y, self.mask, self.good, self.good, 200) == 0)
+
+
+def write_images(folder: Path, n: int = 40, size: int = 32) -> ImageSet:
+    """A val set of generated images: even rows positive (bright opacity)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        paths.append(str(folder / f"img{i}.png"))
+        cv2.imwrite(paths[-1], synthetic_xray(rng, size, positive=i % 2 == 0))
+    labels = (np.arange(n) % 2 == 0).astype(np.float32)[:, None]
+    manifest = make_manifest([f"img{i}" for i in range(n)], paths)
+    manifest["split"] = "val"
+    return ImageSet(manifest, ("opacity",), labels, np.ones_like(labels, bool))
+
+
+def brightness_checkpoint(sign: float, size: int = 32) -> Checkpoint:
+    """A classifier whose logit is ``sign`` x the mean of one feature channel that tracks
+    brightness, so +1 ranks the opacity images high and -1 ranks them low."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="resnet10t", head="linear")
+    model = Classifier(cfg, 1).eval()
+    with torch.no_grad():
+        model.head.fc.weight.zero_()
+        model.head.fc.bias.zero_()
+        bright = model.backbone(torch.ones(1, 1, size, size)).mean((2, 3))[0]
+        dark = model.backbone(torch.zeros(1, 1, size, size)).mean((2, 3))[0]
+        model.head.fc.weight[0] = sign * (bright - dark)
+    meta = CheckpointMeta(model=cfg, image_size=size, label_names=["opacity"], mean=0.0, std=1.0,
+                          preprocess=PreprocessConfig(image_size=size, clahe=False).model_dump())
+    return Checkpoint.from_model(model, meta)
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield mlflow.MlflowClient(uri, uri)
+    mlflow.set_tracking_uri(None)
+
+
+def register(checkpoint: Checkpoint, name: str) -> int:
+    import mlflow
+
+    from steps.registry.lifecycle import log_checkpoint_model
+
+    with mlflow.start_run():
+        return log_checkpoint_model(checkpoint, name)
+
+
+def test_better_version_becomes_champion_worse_stays_challenger_and_rollback(tmp_path: Path, registry, monkeypatch):
+    from cxr.infer.tta import predict_imageset
+    from cxr.metrics.classification import mean_auc
+    from steps.registry import lifecycle
+
+    val = write_images(tmp_path / "val")
+    decoded = preprocess_imageset(val, PreprocessConfig(image_size=32, clahe=False), progress=False)
+    good, bad = brightness_checkpoint(+1.0), brightness_checkpoint(-1.0)
+    assert mean_auc(val.labels, predict_imageset(good, decoded, ("original",))[["opacity"]].to_numpy()) > 0.9
+
+    name = "cxr-promotion-test"
+    v1 = register(bad, name)
+    assert lifecycle.promote(registry, name, v1, val, PromotionConfig())[0] == "champion"
+    v2 = register(good, name)
+    alias, decision, before = lifecycle.promote(registry, name, v2, val, PromotionConfig())
+    assert (alias, before) == ("champion", v1) and decision.promote and decision.ci_low > 0
+    v3 = register(bad, name)
+    alias, decision, before = lifecycle.promote(registry, name, v3, val, PromotionConfig())
+    assert (alias, before) == ("challenger", v2) and not decision.promote
+    assert int(registry.get_model_version_by_alias(name, "champion").version) == v2
+    assert int(registry.get_model_version_by_alias(name, "previous_champion").version) == v1
+    assert float(registry.get_model_version(name, str(v3)).tags["promotion_delta"]) < 0
+
+    def broken(*_args):
+        raise RuntimeError("registry unreachable")
+
+    v4 = register(good, name)
+    monkeypatch.setattr(lifecycle, "registry_predictions", broken)
+    with pytest.raises(RuntimeError, match="unreachable"):
+        lifecycle.promote(registry, name, v4, val, PromotionConfig())
+    assert int(registry.get_model_version_by_alias(name, "champion").version) == v2
+
+    assert lifecycle.rollback(registry, name) == (v1, v2)
+    assert int(registry.get_model_version_by_alias(name, "champion").version) == v1
+    with pytest.raises(ValueError, match="nothing to roll back to"):
+        lifecycle.rollback(registry, name)
