@@ -97,5 +97,5 @@ def test_promotion_moves_aliases_and_mirrors_the_zenml_stage():
     mlflow.set_tracking_uri(cli.tracking_uri())
     champion = mlflow.MlflowClient().get_model_version_by_alias("cxr-nih-test", "champion")
     assert int(champion.version) == (2 if second["alias"] == "champion" else 1)
-    stages = {str(v.stage.value) if v.stage else None for v in client.list_model_versions("cxr-nih-test").items}
+    stages = {str(getattr(v.stage, "value", v.stage)) for v in client.list_model_versions("cxr-nih-test").items}
     assert "production" in stages
