@@ -4,6 +4,7 @@
     python run.py train [--config zenml_config.yaml]  # setup, then one pipeline run
     python run.py mlflow-ui                          # MLflow UI on this stack's tracking store
     python run.py info                               # tracking URI, stack, latest run
+    python run.py infer [--config configs/inference.yaml]  # new images through the registry's champion
     python run.py rollback [--name cxr-pneumonia]    # champion alias back to the previous champion
     python run.py predict IMAGE_OR_FOLDER [--checkpoint DIR | --artifact cft_checkpoint]
                           [--gradcam OUT_DIR --top 3] [--tta] [--csv OUT.csv]
@@ -72,6 +73,18 @@ def train(config: str, run_name: str | None = None):
     return training_pipeline.with_options(config_path=config, run_name=name)()
 
 
+def infer(config: str, run_name: str | None = None):
+    """Run the inference pipeline with a YAML config; returns the pipeline run."""
+    from zenml.utils import source_utils
+
+    from pipelines.inference import inference_pipeline
+
+    source_utils.set_custom_source_root(str(REPO_ROOT))
+    setup_stack()
+    name = run_name or f"infer-{datetime.now():%Y%m%d-%H%M%S}"
+    return inference_pipeline.with_options(config_path=config, run_name=name)()
+
+
 def load_model(checkpoint_dir: str | None, artifact: str):
     """A checkpoint folder (model.safetensors + meta.json), else the latest ZenML artifact ``artifact``."""
     from cxr.models.checkpoint import load_checkpoint
@@ -127,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     ui = commands.add_parser("mlflow-ui", help="serve the MLflow UI for this stack")
     ui.add_argument("--port", default="5000")
     commands.add_parser("info", help="print the stack, tracking URI and latest run")
+    infer_cmd = commands.add_parser("infer", help="run the inference pipeline with a registered model")
+    infer_cmd.add_argument("--config", "-c", default="configs/inference.yaml")
+    infer_cmd.add_argument("--run-name")
     back = commands.add_parser("rollback", help="give the champion alias back to the previous champion")
     back.add_argument("--name", default="cxr-pneumonia", help="registered model name")
     pred = commands.add_parser("predict", help="per-finding probabilities of an image or folder")
@@ -149,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         setup_stack()
         return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
                                 "--port", args.port])
+    elif args.command == "infer":
+        run = infer(args.config, args.run_name)
+        print(f"pipeline run {run.name}: {run.status}")
     elif args.command == "rollback":
         import mlflow
 

@@ -37,6 +37,11 @@ def write_nih_folder(root: Path, n: int = 64, size: int = 32) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def nih_data(tmp_path_factory) -> Path:
+    return write_nih_folder(tmp_path_factory.mktemp("nih"))
+
+
 def write_config(folder: Path, data: Path, population: int) -> Path:
     path = folder / f"nih-{population}.yaml"
     path.write_text(yaml.safe_dump({"parameters": {
@@ -53,11 +58,11 @@ def write_config(folder: Path, data: Path, population: int) -> Path:
     return path
 
 
-def test_cft_branch_updates_only_the_last_layer_and_reruns_alone(tmp_path: Path):
+def test_cft_branch_updates_only_the_last_layer_and_reruns_alone(tmp_path: Path, nih_data: Path):
     import run as cli
     from zenml.client import Client
 
-    data = write_nih_folder(tmp_path / "nih")
+    data = nih_data
     first = Client().get_pipeline_run(cli.train(str(write_config(tmp_path, data, 8)), "nih-first").id)
     assert str(first.status.value) == "completed"
     before = first.steps["finetune"].outputs["checkpoint"][0].load()
@@ -99,3 +104,26 @@ def test_promotion_moves_aliases_and_mirrors_the_zenml_stage():
     assert int(champion.version) == (2 if second["alias"] == "champion" else 1)
     stages = {str(getattr(v.stage, "value", v.stage)) for v in client.list_model_versions("cxr-nih-test").items}
     assert "production" in stages
+
+
+def test_inference_pipeline_streams_new_images_through_the_champion(tmp_path: Path, nih_data: Path):
+    import mlflow
+
+    import run as cli
+    from cxr.infer.serving import predict_files
+
+    config = tmp_path / "infer.yaml"
+    config.write_text(yaml.safe_dump({"parameters": {
+        "data": {"source": "images", "path": str(nih_data / "images"), "label_names": FINDINGS},
+        "registered_model_name": "cxr-nih-test", "output_path": str(tmp_path / "pred.csv"), "chunk_size": 16,
+    }}))
+    run = cli.infer(str(config), "nih-infer")
+    assert str(run.status.value) == "completed"
+    written = pd.read_csv(tmp_path / "pred.csv")
+    assert len(written) == 64 and list(written.columns) == ["id", *FINDINGS]
+    mlflow.set_tracking_uri(cli.tracking_uri())
+    champion = mlflow.pyfunc.load_model("models:/cxr-nih-test@champion").unwrap_python_model().checkpoint
+    paths = sorted(str(p) for p in (nih_data / "images").iterdir())[:5]
+    expected = predict_files(champion, paths, [Path(p).stem for p in paths])
+    got = written.set_index("id").loc[expected["id"], FINDINGS].to_numpy()
+    np.testing.assert_allclose(got, expected[FINDINGS].to_numpy(), atol=1e-5)

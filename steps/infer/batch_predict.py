@@ -1,0 +1,44 @@
+"""batch_predict step: stream a folder or table of new images through a registered model."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import mlflow
+import pandas as pd
+from zenml import log_metadata, step
+from zenml.logger import get_logger
+
+from cxr.data.imageset import ImageSet
+from cxr.data.ingest import resolve_path
+from cxr.infer.batch import predict_chunks, write_predictions
+from cxr.infer.submission import make_submission, write_submission
+from steps.caching import core_cache_policy
+
+logger = get_logger(__name__)
+
+
+def registered_checkpoint(model_uri: str):
+    """The checkpoint a registered pyfunc version (e.g. ``models:/name@champion``) serves."""
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().checkpoint
+
+
+@step(enable_cache=False, cache_policy=core_cache_policy("cxr.infer.batch"))
+def batch_predict(images: ImageSet, model_uri: str, output_path: str, sample_submission: Optional[str] = None,
+                  views: list[str] = ["original"], chunk_size: int = 1024,
+                  batch_size: int = 64) -> Annotated[dict, "inference_summary"]:
+    """Predict every file of ``images`` with the registered model at ``model_uri`` (an alias
+    such as ``models:/cxr-pneumonia@champion`` or a version ``models:/cxr-pneumonia/3``),
+    ``chunk_size`` files at a time, appending rows to ``output_path``; then reorder to
+    ``sample_submission`` when given. YAML: ``parameters.*`` of the inference pipeline.
+    """
+    checkpoint = registered_checkpoint(model_uri)
+    output = resolve_path(output_path)
+    rows = write_predictions(predict_chunks(checkpoint, images, tuple(views), chunk_size, batch_size), output)
+    if sample_submission:
+        write_submission(make_submission(pd.read_csv(output, dtype={"id": str}),
+                                          str(resolve_path(sample_submission))), output)
+    logger.info("wrote %d predictions from %s to %s", rows, model_uri, Path(output).resolve())
+    summary = {"model_uri": model_uri, "rows": rows, "path": str(Path(output).resolve()),
+               "labels": checkpoint.meta.label_names, "views": list(views)}
+    log_metadata(summary)
+    return summary
