@@ -1,0 +1,95 @@
+"""Batch inference from the registry: single-pass vs 5-view TTA images/s, and the memory of
+streaming 20,000 images through the model in chunks.
+
+    python bench/inference.py [--model-uri models:/cxr-pneumonia@champion] [--count 20000]
+
+The model is loaded from the local stack's MLflow registry (run ``python run.py train``
+first). Images are the Kermany test files, repeated under distinct ids up to ``--count``.
+Prints one JSON line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cxr.data.imageset import ImageSet, make_manifest  # noqa: E402
+from cxr.data.ingest import resolve_path  # noqa: E402
+from cxr.data.sources import list_images  # noqa: E402
+from cxr.infer.batch import predict_chunks, write_predictions  # noqa: E402
+from cxr.infer.tta import REFERENCE_VIEWS  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def repeated(files: list[Path], count: int) -> ImageSet:
+    """``count`` rows cycling over ``files``, each with its own id."""
+    paths = [str(files[i % len(files)]) for i in range(count)]
+    ids = [f"{i:06d}_{Path(p).stem}" for i, p in enumerate(paths)]
+    return ImageSet(make_manifest(ids, paths), (), np.zeros((count, 0), np.float32), np.zeros((count, 0), bool))
+
+
+def throughput(checkpoint, images: ImageSet, views, chunk_size: int) -> float:
+    started = time.perf_counter()
+    for _ in predict_chunks(checkpoint, images, views, chunk_size, progress=False):
+        pass
+    return len(images) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-uri", default="models:/cxr-pneumonia@champion")
+    parser.add_argument("--images", default="{data_dir}/kermany-pneumonia-224/test/images")
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--speed-count", type=int, default=600, help="images timed for the TTA/single ratio")
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    args = parser.parse_args()
+
+    import mlflow
+
+    import run as cli
+
+    cli.setup_stack()
+    mlflow.set_tracking_uri(cli.tracking_uri())
+    checkpoint = mlflow.pyfunc.load_model(args.model_uri).unwrap_python_model().checkpoint
+    files = list_images(resolve_path(args.images))
+    small = repeated(files, args.speed_count)
+    single = throughput(checkpoint, small, ("original",), args.chunk_size)
+    tta = throughput(checkpoint, small, REFERENCE_VIEWS, args.chunk_size)
+    print(json.dumps({"bench": "inference", "model_uri": args.model_uri, "image_size": checkpoint.meta.image_size,
+                      "backbone": checkpoint.meta.model.backbone, "images": len(small),
+                      "single_pass_images_per_s": round(single, 1), "tta_5_views_images_per_s": round(tta, 1),
+                      "tta_cost_x_single": round(single / tta, 2), "cores": os.cpu_count()}), flush=True)
+
+    before = current_rss_mb()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = write_predictions(predict_chunks(checkpoint, repeated(files, args.count), ("original",),
+                                                args.chunk_size, progress=False), Path(tmp) / "predictions.csv")
+    seconds = time.perf_counter() - started
+    decoded_mb = args.count * checkpoint.meta.image_size ** 2 / 2**20
+    print(json.dumps({"bench": "inference_stream", "images": rows, "chunk_size": args.chunk_size,
+                      "seconds": round(seconds, 1), "images_per_s": round(rows / seconds, 1),
+                      "rss_before_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+                      "all_decoded_at_once_would_hold_mb": round(decoded_mb, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
