@@ -86,8 +86,11 @@ def registry(tmp_path: Path, monkeypatch):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(leftover, raising=False)  # set by earlier ZenML runs in this process
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    mlflow.set_experiment("promotion-test")
     yield mlflow.MlflowClient(uri, uri)
     mlflow.set_tracking_uri(None)
 
