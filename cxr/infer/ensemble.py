@@ -1,0 +1,91 @@
+"""AUC-weighted ensembles of several trained models' predictions.
+
+Members below an AUC floor, or too far behind the best member, are dropped; the rest are
+averaged with weights from their val AUC (the challenge solution's rule), equal weights, a
+rank average, or a non-negative least-squares stacker fitted per label on val predictions.
+Everything is fitted on val predictions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.optimize import nnls
+from scipy.stats import rankdata
+
+from cxr.metrics.classification import mean_auc
+
+
+class EnsembleConfig(BaseModel):
+    """Which members to keep and how to weight them (``parameters.ensemble`` in YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auc_floor: float = Field(0.5, ge=0, le=1, description="drop members whose val mean AUC is below this")
+    max_gap: float = Field(0.05, ge=0, description="drop members more than this behind the best val AUC")
+    weighting: Literal["auc", "equal", "rank", "stack"] = Field(
+        "auc", description="auc: weights proportional to val AUC; rank: AUC-weighted rank average; "
+                           "stack: non-negative least squares per label on val predictions")
+
+
+@dataclass
+class Ensemble:
+    """Kept members with their (M, L) weights, and why the others were dropped."""
+
+    members: list[str]
+    weights: np.ndarray
+    rank: bool
+    member_auc: dict[str, float]
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    def combine(self, predictions: dict[str, np.ndarray]) -> np.ndarray:
+        """(N, L) weighted average of the kept members' (N, L) probabilities."""
+        stacked = np.stack([to_ranks(predictions[m]) if self.rank else predictions[m] for m in self.members])
+        return np.einsum("mnl,ml->nl", stacked, self.weights)
+
+
+def to_ranks(probs: np.ndarray) -> np.ndarray:
+    """Each column's values as ranks scaled to (0, 1]; AUC is unchanged, scales are aligned."""
+    return rankdata(probs, axis=0) / len(probs)
+
+
+def select_members(member_auc: dict[str, float], cfg: EnsembleConfig) -> tuple[list[str], dict[str, str]]:
+    """(kept members in input order, dropped member -> reason)."""
+    best = max(member_auc.values())
+    dropped = {}
+    for name, auc in member_auc.items():
+        if auc < cfg.auc_floor:
+            dropped[name] = f"val AUC {auc:.4f} below the floor {cfg.auc_floor}"
+        elif best - auc > cfg.max_gap:
+            dropped[name] = f"val AUC {auc:.4f} is {best - auc:.4f} behind the best ({best:.4f}) > {cfg.max_gap}"
+    return [n for n in member_auc if n not in dropped], dropped
+
+
+def stack_weights(val_preds: list[np.ndarray], y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(M, L) non-negative least-squares weights per label on known val rows, normalised to sum 1."""
+    weights = np.zeros((len(val_preds), y.shape[1]))
+    for j in range(y.shape[1]):
+        known = mask[:, j]
+        design = np.stack([p[known, j] for p in val_preds], axis=1)
+        w, _ = nnls(design, y[known, j].astype(np.float64))
+        weights[:, j] = w / w.sum() if w.sum() > 0 else 1.0 / len(val_preds)
+    return weights
+
+
+def fit_ensemble(val_preds: dict[str, np.ndarray], y: np.ndarray, mask: np.ndarray,
+                 cfg: EnsembleConfig = EnsembleConfig()) -> Ensemble:
+    """Score each member on val, drop the weak ones, and weight the rest per ``cfg.weighting``."""
+    if not val_preds:
+        raise ValueError("an ensemble needs at least one member")
+    member_auc = {name: mean_auc(y, p, mask) for name, p in val_preds.items()}
+    kept, dropped = select_members(member_auc, cfg)
+    n_labels = y.shape[1]
+    if cfg.weighting == "stack":
+        weights = stack_weights([val_preds[m] for m in kept], y, mask)
+    else:
+        base = np.ones(len(kept)) if cfg.weighting == "equal" else np.array([member_auc[m] for m in kept])
+        weights = np.repeat((base / base.sum())[:, None], n_labels, axis=1)
+    return Ensemble(kept, weights, cfg.weighting == "rank", member_auc, dropped)
