@@ -1,0 +1,69 @@
+"""Ensemble pipeline: one cached branch per backbone (finetune -> TTA val/test), then AUC-weighted
+ensembling, evaluation and one submission. Adding a member trains only that member."""
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict
+from zenml import pipeline
+
+import materializers  # noqa: F401  (registers the ImageSet and Checkpoint materializers)
+from cxr.data.ingest import IngestConfig
+from cxr.data.preprocess import PreprocessConfig
+from cxr.data.split import SplitConfig
+from cxr.infer.ensemble import EnsembleConfig
+from cxr.infer.tta import REFERENCE_VIEWS
+from cxr.models.classifier import ModelConfig
+from cxr.train.config import TrainConfig
+from steps.data import ingest, preprocess_images, split_dataset
+from steps.ensemble import ensemble_predictions
+from steps.evaluate import evaluate
+from steps.infer import submission, tta_predict
+from steps.train import finetune
+
+
+class MemberConfig(BaseModel):
+    """One ensemble member: a name (used in step names) and its model and training knobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model: ModelConfig
+    train: TrainConfig = TrainConfig()
+
+
+@pipeline
+def ensemble_pipeline(
+    data: IngestConfig,
+    test_data: IngestConfig,
+    members: list[MemberConfig],
+    sample_submission: Optional[str] = None,
+    submission_path: str = "outputs/ensemble_submission.csv",
+    split: SplitConfig = SplitConfig(),
+    preprocess: PreprocessConfig = PreprocessConfig(),
+    ensemble: EnsembleConfig = EnsembleConfig(),
+    tta_views: list[str] = list(REFERENCE_VIEWS),
+) -> None:
+    """Train each member on the same split, TTA each on val and test, ensemble, write one submission.
+
+    Branch step names carry the member name (``finetune_<name>``), so each branch caches on
+    its own. ``evaluate`` scores the ensemble; its training-curve plot shows the last member.
+    """
+    images = preprocess_images(images=split_dataset(images=ingest(source=data), cfg=split), cfg=preprocess)
+    test_images = preprocess_images(images=ingest(source=test_data, id="ingest_test"), cfg=preprocess,
+                                    id="preprocess_test")
+    val_predictions, test_predictions, history = [], [], None
+    # each member's params and curves go to its own nested MLflow run, not the pipeline's one
+    member_finetune = finetune.with_options(settings={"experiment_tracker.mlflow": {"nested": True}})
+    for member in members:
+        checkpoint, history = member_finetune(images=images, model=member.model, train=member.train, preprocess=preprocess,
+                                       id=f"finetune_{member.name}")
+        val_predictions.append(tta_predict(checkpoint=checkpoint, images=images, subset="val", views=tta_views,
+                                           id=f"tta_val_{member.name}"))
+        test_predictions.append(tta_predict(checkpoint=checkpoint, images=test_images, views=tta_views,
+                                            id=f"tta_test_{member.name}"))
+    val_ensemble, test_ensemble, _ = ensemble_predictions(names=[m.name for m in members],
+                                                          val_predictions=val_predictions,
+                                                          test_predictions=test_predictions, images=images,
+                                                          cfg=ensemble)
+    evaluate(val_predictions=val_ensemble, images=images, history=history)
+    submission(predictions=test_ensemble, sample_submission=sample_submission, output_path=submission_path)

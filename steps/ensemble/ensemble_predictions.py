@@ -1,0 +1,46 @@
+"""ensemble_predictions step: weight the members' TTA predictions by their val AUC."""
+
+from typing import Annotated, List, Tuple
+
+import mlflow
+import pandas as pd
+from zenml import log_metadata, step
+from zenml.logger import get_logger
+
+from cxr.data.imageset import ImageSet
+from cxr.infer.ensemble import EnsembleConfig, fit_ensemble
+from cxr.metrics.classification import mean_auc
+from steps.caching import core_cache_policy
+
+logger = get_logger(__name__)
+
+
+@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.infer.ensemble"))
+def ensemble_predictions(names: List[str], val_predictions: List[pd.DataFrame], test_predictions: List[pd.DataFrame],
+                         images: ImageSet, cfg: EnsembleConfig) -> Tuple[
+    Annotated[pd.DataFrame, "ensemble_val_predictions"],
+    Annotated[pd.DataFrame, "ensemble_test_predictions"],
+    Annotated[pd.DataFrame, "ensemble_report"],
+]:
+    """Fit the member selection and weights on val predictions only, apply them to val and test.
+
+    The report lists each member's val AUC, its weight (mean over labels) or why it was
+    dropped, and the ensemble's val AUC; it goes to MLflow as ``ensemble_report.csv``.
+    """
+    val = images.split("val")
+    labels = list(val.label_names)
+    val_preds = {n: p[labels].to_numpy() for n, p in zip(names, val_predictions)}
+    ensemble = fit_ensemble(val_preds, val.labels, val.mask, cfg)
+    combined_val = ensemble.combine(val_preds)
+    combined_test = ensemble.combine({n: p[labels].to_numpy() for n, p in zip(names, test_predictions)})
+    ensemble_auc = mean_auc(val.labels, combined_val, val.mask)
+    weight = dict(zip(ensemble.members, ensemble.weights.mean(axis=1)))
+    report = pd.DataFrame([{"member": n, "val_auc": ensemble.member_auc[n], "weight": weight.get(n, 0.0),
+                            "dropped": ensemble.dropped.get(n, "")} for n in names]
+                          + [{"member": "ensemble", "val_auc": ensemble_auc, "weight": 1.0, "dropped": ""}])
+    mlflow.log_metrics({f"val_auc_{n}": ensemble.member_auc[n] for n in names} | {"val_auc_ensemble": ensemble_auc})
+    mlflow.log_text(report.to_csv(index=False), "ensemble_report.csv")
+    logger.info("ensemble (%s):\n%s", cfg.weighting, report.round(4).to_string(index=False))
+    log_metadata({"val_auc_ensemble": ensemble_auc, "members": ensemble.members})
+    frame = lambda ids, values: pd.DataFrame({"id": ids, **dict(zip(labels, values.T))})  # noqa: E731
+    return (frame(val_predictions[0]["id"], combined_val), frame(test_predictions[0]["id"], combined_test), report)

@@ -1,0 +1,66 @@
+"""The ensemble pipeline: one cached branch per member; adding a member trains only that one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import write_class_tree
+
+pytestmark = pytest.mark.slow
+
+MEMBERS = [{"name": "resnet", "model": {"backbone": "resnet10t"}, "train": {"epochs": 1, "batch_size": 8}},
+           {"name": "mobilenet", "model": {"backbone": "mobilenetv3_small_050"}, "train": {"epochs": 1, "batch_size": 8}},
+           {"name": "efficientnet", "model": {"backbone": "efficientnet_b0"}, "train": {"epochs": 1, "batch_size": 8}}]
+
+
+def write_config(folder: Path, data: Path, members: list[dict]) -> Path:
+    path = folder / f"ensemble-{len(members)}.yaml"
+    path.write_text(yaml.safe_dump({"parameters": {
+        "data": {"source": "folders", "path": str(data), "negative_class": "NORMAL",
+                 "patient_id_pattern": r"^(patient\w\d+)"},
+        "test_data": {"source": "images", "path": str(data / "PNEUMONIA"), "label_names": ["pneumonia"]},
+        "submission_path": str(folder / "submission.csv"),
+        "split": {"val_fraction": 0.25},
+        "preprocess": {"image_size": 32},
+        "members": members,
+        "ensemble": {"auc_floor": 0.0, "max_gap": 1.0},
+        "tta_views": ["original", "hflip"],
+    }}))
+    return path
+
+
+def test_members_branch_cache_and_ensemble(tmp_path: Path):
+    from zenml.client import Client
+    from zenml.utils import source_utils
+
+    from pipelines.ensemble import ensemble_pipeline
+    from tests.conftest import REPO_ROOT
+
+    import run as cli
+
+    source_utils.set_custom_source_root(str(REPO_ROOT))
+    cli.setup_stack()
+    data = write_class_tree(tmp_path / "data", n_per_class=16, size=32)
+    first = ensemble_pipeline.with_options(config_path=str(write_config(tmp_path, data, MEMBERS[:2])),
+                                           run_name="ensemble-2")()
+    second = ensemble_pipeline.with_options(config_path=str(write_config(tmp_path, data, MEMBERS)),
+                                            run_name="ensemble-3")()
+    first, second = (Client().get_pipeline_run(r.id) for r in (first, second))
+    status = {name: str(step.status.value) for name, step in second.steps.items()}
+    assert status["finetune_resnet"] == status["finetune_mobilenet"] == "cached"
+    assert status["finetune_efficientnet"] == "completed" and status["ensemble_predictions"] == "completed"
+    report = second.steps["ensemble_predictions"].outputs["ensemble_report"][0].load()
+    assert list(report["member"]) == ["resnet", "mobilenet", "efficientnet", "ensemble"]
+    assert np.isclose(report.loc[report["member"] != "ensemble", "weight"].sum(), 1.0)
+    written = pd.read_csv(tmp_path / "submission.csv")
+    assert list(written.columns) == ["id", "pneumonia"] and len(written) == 16
+    val = second.steps["ensemble_predictions"].outputs["ensemble_val_predictions"][0].load()
+    members = [second.steps[f"tta_val_{m['name']}"].outputs["predictions"][0].load() for m in MEMBERS]
+    weights = report.set_index("member")["weight"]
+    expected = sum(weights[m["name"]] * p["pneumonia"].to_numpy() for m, p in zip(MEMBERS, members))
+    np.testing.assert_allclose(val["pneumonia"].to_numpy(), expected, atol=1e-6)
