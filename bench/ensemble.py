@@ -61,7 +61,8 @@ def main() -> None:
         print(json.dumps({"bench": "ensemble_member", "member": name, "backbone": member["model"]["backbone"],
                           "val_auc": round(float(row["val_auc"]), 4), "weight": round(float(row["weight"]), 4),
                           "dropped": row["dropped"], "finetune_s": seconds(run, f"finetune_{name}"),
-                          "tta_s": seconds(run, f"tta_val_{name}") + seconds(run, f"tta_test_{name}")}), flush=True)
+                          "tta_s": round(seconds(run, f"tta_val_{name}") + seconds(run, f"tta_test_{name}"), 1)}),
+              flush=True)
     ensemble_auc = float(report.set_index("member").loc["ensemble", "val_auc"])
     print(json.dumps({"bench": "ensemble", "val_auc": round(ensemble_auc, 4),
                       "weighting": config["parameters"].get("ensemble", {}).get("weighting", "auc"),
