@@ -122,9 +122,10 @@ def epoch_rows(train: ImageSet, fraction: float, generator: torch.Generator) -> 
     ``fraction`` of the all-negative rows."""
     if fraction >= 1:
         return np.arange(len(train))
-    negatives = np.flatnonzero(all_negative(train))
+    negative = all_negative(train)
+    negatives = np.flatnonzero(negative)
     keep = torch.randperm(len(negatives), generator=generator)[:math.ceil(fraction * len(negatives))].numpy()
-    return np.sort(np.concatenate([np.flatnonzero(~all_negative(train)), negatives[keep]]))
+    return np.sort(np.concatenate([np.flatnonzero(~negative), negatives[keep]]))
 
 
 def val_loss(probs: np.ndarray, val: ImageSet) -> float:
