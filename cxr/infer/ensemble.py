@@ -3,7 +3,8 @@
 Members below an AUC floor, or too far behind the best member, are dropped; the rest are
 averaged with weights from their val AUC (the challenge solution's rule), equal weights, a
 rank average, or a non-negative least-squares stacker fitted per label on val predictions.
-Everything is fitted on val predictions only.
+Everything is fitted on val predictions only; ``cross_fit_predictions`` scores the recipe on
+val rows it was not fitted on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import nnls
 from scipy.stats import rankdata
+from sklearn.model_selection import GroupKFold
 
 from cxr.metrics.classification import mean_auc
 
@@ -89,3 +91,15 @@ def fit_ensemble(val_preds: dict[str, np.ndarray], y: np.ndarray, mask: np.ndarr
         base = np.ones(len(kept)) if cfg.weighting == "equal" else np.array([member_auc[m] for m in kept])
         weights = np.repeat((base / base.sum())[:, None], n_labels, axis=1)
     return Ensemble(kept, weights, cfg.weighting == "rank", member_auc, dropped)
+
+
+def cross_fit_predictions(val_preds: dict[str, np.ndarray], y: np.ndarray, mask: np.ndarray, groups: np.ndarray,
+                          cfg: EnsembleConfig = EnsembleConfig(), folds: int = 2) -> np.ndarray:
+    """(N, L) out-of-fold ensemble predictions on val: each patient group is combined by a
+    selection and weights fitted on the other folds, so scoring them does not reward fitting
+    val (which a stacker can, and an in-sample ensemble AUC hides)."""
+    out = np.empty(y.shape, dtype=np.float64)
+    for fit_rows, held_rows in GroupKFold(n_splits=folds).split(y, groups=groups):
+        ensemble = fit_ensemble({n: p[fit_rows] for n, p in val_preds.items()}, y[fit_rows], mask[fit_rows], cfg)
+        out[held_rows] = ensemble.combine({n: p[held_rows] for n, p in val_preds.items()})
+    return out

@@ -55,8 +55,9 @@ def test_members_branch_cache_and_ensemble(tmp_path: Path):
     assert status["finetune_resnet"] == status["finetune_mobilenet"] == "cached"
     assert status["finetune_efficientnet"] == "completed" and status["ensemble_predictions"] == "completed"
     report = second.steps["ensemble_predictions"].outputs["ensemble_report"][0].load()
-    assert list(report["member"]) == ["resnet", "mobilenet", "efficientnet", "ensemble"]
-    assert np.isclose(report.loc[report["member"] != "ensemble", "weight"].sum(), 1.0)
+    assert list(report["member"]) == ["resnet", "mobilenet", "efficientnet", "ensemble", "ensemble_cross_fit"]
+    assert np.isclose(report.loc[~report["member"].str.startswith("ensemble"), "weight"].sum(), 1.0)
+    assert 0.0 <= report.set_index("member").loc["ensemble_cross_fit", "val_auc"] <= 1.0
     written = pd.read_csv(tmp_path / "submission.csv")
     assert list(written.columns) == ["id", "pneumonia"] and len(written) == 16
     val = second.steps["ensemble_predictions"].outputs["ensemble_val_predictions"][0].load()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr.infer.ensemble import EnsembleConfig, fit_ensemble
+from cxr.infer.ensemble import EnsembleConfig, cross_fit_predictions, fit_ensemble
 from cxr.metrics.classification import mean_auc
 
 RNG = np.random.default_rng(0)
@@ -45,3 +45,19 @@ def test_other_weightings_sum_to_one_and_beat_the_weak_member(weighting: str):
     assert mean_auc(Y, ensemble.combine(PREDS), MASK) > ensemble.member_auc["weak"] + 0.1
     if weighting == "stack":
         assert (ensemble.weights[2] < ensemble.weights[0]).all()
+
+
+def test_cross_fit_puts_each_row_back_in_place():
+    groups = np.arange(len(Y)) // 3
+    cross_fit = cross_fit_predictions(PREDS, Y, MASK, groups, EnsembleConfig(max_gap=1.0, weighting="equal"))
+    np.testing.assert_allclose(cross_fit, sum(PREDS.values()) / 3)
+
+
+def test_cross_fit_exposes_a_stacker_that_fits_noise():
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 1)) < 0.4).astype(np.float32)
+    noise = {f"noise{i}": rng.random(y.shape) for i in range(20)}
+    mask, cfg = np.ones_like(y, bool), EnsembleConfig(max_gap=1.0, weighting="stack")
+    in_sample = mean_auc(y, fit_ensemble(noise, y, mask, cfg).combine(noise), mask)
+    held_out = mean_auc(y, cross_fit_predictions(noise, y, mask, np.arange(200) // 2, cfg), mask)
+    assert in_sample > 0.6 and abs(held_out - 0.5) < 0.05
