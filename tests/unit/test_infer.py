@@ -81,3 +81,10 @@ def test_predict_files_preprocesses_like_training(checkpoint: Checkpoint, class_
     paths = sorted(str(p) for p in (class_tree / "NORMAL").iterdir())[:3]
     frame = predict_files(checkpoint, paths, ids=["a", "b", "c"])
     assert frame["id"].tolist() == ["a", "b", "c"] and frame["pneumonia"].between(0, 1).all()
+
+
+def test_predicting_on_a_named_device_leaves_the_model_trainable():
+    model = Classifier(ModelConfig(backbone="resnet10t"), 1)
+    predict_proba(model, np.zeros((2, 32, 32), np.uint8), 0.5, 0.2, device=torch.device("cpu:0"))
+    assert not any(t.is_inference() for t in [*model.parameters(), *model.buffers()])
+    model.train()(torch.zeros(2, 1, 32, 32)).sum().backward()
