@@ -41,6 +41,8 @@ class TrainConfig(BaseModel):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    processes: int = Field(1, ge=1, description="data-parallel processes (one per GPU) under torchrun and "
+                           "Accelerate; batch_size is per process; 1 trains in this process")
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
     seed: int = 0
 
@@ -48,4 +50,7 @@ class TrainConfig(BaseModel):
     def _check(self) -> "TrainConfig":
         if self.augment.scale_min > self.augment.scale_max:
             raise ValueError("augment.scale_min must not exceed augment.scale_max")
+        if self.processes > 1 and ":" in self.device:
+            raise ValueError(f"train.processes={self.processes} places one process per GPU itself; "
+                             f"device must be auto, cuda or cpu, not {self.device!r}")
         return self

@@ -2,6 +2,8 @@
 
 Images stay a uint8 array; each batch is indexed, moved to the device as uint8, then
 augmented and normalised there. The best epoch by mean val AUC is kept as a checkpoint.
+Given an ``Accelerator`` with several processes (``cxr.train.distributed``), each process
+trains on its stride of the epoch order through DDP and predicts its share of val.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
 
@@ -136,9 +140,15 @@ def val_loss(probs: np.ndarray, val: ImageSet) -> float:
 
 @dataclass
 class TrainState:
-    """Everything one optimisation step needs besides the batch."""
+    """Everything one optimisation step needs besides the batch.
+
+    ``net`` is what trains: the model itself, or its DDP wrapper under several processes.
+    ``order_generator`` draws the epoch order, identical in every process; ``generator``
+    draws augmentations, per process (with one process they are the same generator).
+    """
 
     model: Classifier
+    net: torch.nn.Module
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Schedule
@@ -151,6 +161,16 @@ class TrainState:
     rng: np.random.Generator
     use_amp: bool
     amp_dtype: torch.dtype
+    order_generator: torch.Generator
+    accelerator: Accelerator | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index if self.accelerator else 0
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes if self.accelerator else 1
 
 
 def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
@@ -159,10 +179,17 @@ def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dt
     return cfg.amp and cuda, torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
 
 
+def shard_rows(n: int, world: int) -> int:
+    """Rows each of ``world`` processes trains on per epoch: an equal share, so every process
+    runs the same number of steps (DDP synchronises each one)."""
+    return n // world
+
+
 def build_state(train: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
-                backbone_init: BackboneCheckpoint | None) -> TrainState:
+                backbone_init: BackboneCheckpoint | None, accelerator: Accelerator | None = None) -> TrainState:
     """Model (optionally from a pretrained backbone), loss, optimizer, schedule and RNGs."""
-    device = resolve_device(cfg.device)
+    device = accelerator.device if accelerator else resolve_device(cfg.device)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     model = Classifier(model_cfg, len(train.label_names))
     if backbone_init is not None:
         load_backbone(model, backbone_init)
@@ -171,11 +198,16 @@ def build_state(train: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
     loss_fn = create_loss(cfg.loss, train.labels, train.mask, cfg.focal_alpha, cfg.focal_gamma,
                           cfg.label_smoothing).to(device)
     optimizer = create_optimizer(model, cfg)
-    steps = max(sum(1 for _ in batches(torch.arange(rows_per_epoch(train, cfg)), cfg.batch_size)), 1)
+    net = accelerator.prepare_model(model, device_placement=False) if world > 1 else model
+    steps = max(sum(1 for _ in batches(torch.arange(shard_rows(rows_per_epoch(train, cfg), world)),
+                                       cfg.batch_size)), 1)
     use_amp, amp_dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
-    return TrainState(model, loss_fn, optimizer, Schedule(optimizer, cfg, steps), scaler, cfg, device, mean, std,
-                      torch.Generator().manual_seed(cfg.seed), np.random.default_rng(cfg.seed), use_amp, amp_dtype)
+    generator = torch.Generator().manual_seed(cfg.seed + rank)
+    order_generator = generator if world == 1 else torch.Generator().manual_seed(cfg.seed)
+    return TrainState(model, net, loss_fn, optimizer, Schedule(optimizer, cfg, steps), scaler, cfg, device, mean, std,
+                      generator, np.random.default_rng(cfg.seed + rank), use_amp, amp_dtype, order_generator,
+                      accelerator)
 
 
 def train_step(state: TrainState, train: ImageSet, idx: np.ndarray) -> float:
@@ -189,7 +221,7 @@ def train_step(state: TrainState, train: ImageSet, idx: np.ndarray) -> float:
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.use_amp):
-        logits = state.model(x)
+        logits = state.net(x)
     loss = state.loss_fn(logits.float(), y, m)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"training loss became {loss.item()}; lower lr")
@@ -206,12 +238,14 @@ def train_step(state: TrainState, train: ImageSet, idx: np.ndarray) -> float:
 
 def train_epoch(state: TrainState, train: ImageSet, weights: np.ndarray | None, desc: str,
                 progress: bool) -> tuple[float, int, float]:
-    """(mean train loss, images seen, seconds) of one pass over a shuffled or weighted order."""
-    state.model.train()
+    """(mean train loss, images seen, seconds) of one pass over a shuffled or weighted order;
+    over all processes when there are several."""
+    state.net.train()
     started, seen, loss_sum = time.perf_counter(), 0, 0.0
-    rows = epoch_rows(train, state.cfg.negative_keep_fraction, state.generator)
-    order = rows[epoch_order(len(rows), None if weights is None else weights[rows], state.generator,
+    rows = epoch_rows(train, state.cfg.negative_keep_fraction, state.order_generator)
+    order = rows[epoch_order(len(rows), None if weights is None else weights[rows], state.order_generator,
                              state.cfg.samples_per_epoch).numpy()]
+    order = order[:shard_rows(len(order), state.world) * state.world][state.rank::state.world]
     bar = tqdm(list(batches(torch.from_numpy(order), state.cfg.batch_size)),
                desc=desc, disable=not progress, leave=False)
     for idx in bar:
@@ -219,29 +253,47 @@ def train_epoch(state: TrainState, train: ImageSet, weights: np.ndarray | None, 
         seen += len(idx)
         loss_sum += loss * len(idx)
         bar.set_postfix(loss=f"{loss:.4f}")
-    return loss_sum / max(seen, 1), seen, time.perf_counter() - started
+    if state.world > 1:
+        loss_sum, seen = state.accelerator.reduce(torch.tensor([loss_sum, seen], dtype=torch.float64,
+                                                               device=state.device), "sum").tolist()
+    return loss_sum / max(seen, 1), int(seen), time.perf_counter() - started
+
+
+def predict_val(state: TrainState, val: ImageSet) -> np.ndarray:
+    """(N, L) val probabilities; under several processes each predicts a contiguous share with
+    rank 0's BatchNorm statistics (the weights a checkpoint keeps) and the shares are gathered."""
+    batch_size = state.cfg.batch_size * 2
+    if state.world == 1:
+        return predict_proba(state.model, val.images, state.mean, state.std, batch_size, state.device)
+    for buffer in state.model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+    share = np.array_split(np.arange(len(val)), state.world)[state.rank]
+    probs = predict_proba(state.model, val.images[share], state.mean, state.std, batch_size, state.device)
+    return np.concatenate([p for p in gather_object([probs]) if len(p)])
 
 
 def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
         preprocess: dict | None = None, progress: bool = True,
         on_epoch: Callable[[dict], None] | None = None,
-        backbone_init: BackboneCheckpoint | None = None) -> FitResult:
+        backbone_init: BackboneCheckpoint | None = None, accelerator: Accelerator | None = None) -> FitResult:
     """Train a classifier on ``train``, validate each epoch on ``val``, keep the best epoch.
 
     ``on_epoch`` receives each epoch's history row (e.g. to log it to a tracker).
     ``backbone_init`` (e.g. from SSL pretraining) initialises the backbone; with
-    ``model_cfg.freeze_backbone`` only the head is trained on top of it.
+    ``model_cfg.freeze_backbone`` only the head is trained on top of it. ``accelerator``
+    (set up by ``cxr.train.distributed``) trains data-parallel; every process then returns
+    the same result.
     """
     check_fit_inputs(train, val)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     with deterministic(cfg.seed):
-        state = build_state(train, model_cfg, cfg, backbone_init)
+        state = build_state(train, model_cfg, cfg, backbone_init, accelerator)
         weights = balanced_sample_weights(train.labels, train.mask) if cfg.balanced_sampler else None
         history, best_state, stale = [], None, 0
         for epoch in range(1, cfg.epochs + 1):
             train_loss, seen, seconds = train_epoch(state, train, weights, f"epoch {epoch}/{cfg.epochs}", progress)
-            probs = predict_proba(state.model, val.images, state.mean, state.std, cfg.batch_size * 2, state.device)
+            probs = predict_val(state, val)
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss(probs, val),
                    "val_auc": mean_auc(val.labels, probs, val.mask), "lr": state.optimizer.param_groups[0]["lr"],
                    "train_seconds": seconds, "train_images_per_s": seen / seconds}

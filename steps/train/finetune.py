@@ -13,6 +13,7 @@ from cxr.data.preprocess import PreprocessConfig
 from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint
 from cxr.models.classifier import ModelConfig
 from cxr.train.config import TrainConfig
+from cxr.train.distributed import fit_data_parallel
 from cxr.train.loop import fit
 from steps.caching import core_cache_policy
 from steps.tracking import epoch_logger, flatten
@@ -20,7 +21,7 @@ from steps.tracking import epoch_logger, flatten
 logger = get_logger(__name__)
 
 
-@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.train.loop"))
+@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.train.distributed"))
 def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preprocess: PreprocessConfig,
              ssl_backbone: Optional[BackboneCheckpoint] = None) -> Tuple[
     Annotated[Checkpoint, ArtifactConfig(name="checkpoint", artifact_type=ArtifactType.MODEL)],
@@ -31,11 +32,13 @@ def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preproces
     YAML: ``parameters.model`` (architecture) and ``parameters.train`` (optimisation).
     Logs the configs as MLflow params and each epoch's losses, val AUC, lr and speed as
     MLflow metrics. ``ssl_backbone`` (from ssl_pretrain) initialises the backbone; with
-    ``model.freeze_backbone`` only the head trains on it.
+    ``model.freeze_backbone`` only the head trains on it. ``train.processes > 1`` trains
+    data-parallel (one process per GPU; the step's ResourceSettings should ask for as many).
     """
     mlflow.log_params(flatten("model", model.model_dump()) | flatten("train", train.model_dump()))
-    result = fit(images.split("train"), images.split("val"), model, train,
-                 preprocess=preprocess.model_dump(), on_epoch=epoch_logger(), backbone_init=ssl_backbone)
+    run_fit = fit if train.processes == 1 else fit_data_parallel
+    result = run_fit(images.split("train"), images.split("val"), model, train,
+                     preprocess=preprocess.model_dump(), on_epoch=epoch_logger(), backbone_init=ssl_backbone)
     meta = result.checkpoint.meta
     logger.info("best epoch %d of %d: val AUC %.4f", meta.epoch, len(result.history),
                 meta.val_metrics["val_auc"])

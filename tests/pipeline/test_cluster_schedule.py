@@ -73,10 +73,12 @@ def test_cron_schedule(snapshot):
 
 
 def test_gpu_steps_get_resources_node_selector_shm_and_the_cuda_image(snapshot):
+    """finetune asks for one GPU per data-parallel process; TTA steps for one."""
     compiled, _ = snapshot
+    processes = compiled.step_configurations["finetune"].config.parameters["train"]["processes"]
     for name in GPU_STEPS:
         settings = compiled.step_configurations[name].config.settings
-        assert as_dict(settings["resources"])["gpu_count"] == 1, name
+        assert as_dict(settings["resources"])["gpu_count"] == (processes if name == "finetune" else 1), name
         assert as_dict(settings["docker"])["dockerfile"] == "docker/Dockerfile.cuda", name
         pod = pod_settings(settings)
         assert pod.node_selectors == {"nvidia.com/gpu.present": "true"}, name

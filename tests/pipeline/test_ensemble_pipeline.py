@@ -13,9 +13,11 @@ from tests.conftest import write_class_tree
 
 pytestmark = pytest.mark.slow
 
+# the added member trains data-parallel (two Gloo processes), as a multi-GPU step would
 MEMBERS = [{"name": "resnet", "model": {"backbone": "resnet10t"}, "train": {"epochs": 1, "batch_size": 8}},
            {"name": "mobilenet", "model": {"backbone": "mobilenetv3_small_050"}, "train": {"epochs": 1, "batch_size": 8}},
-           {"name": "efficientnet", "model": {"backbone": "efficientnet_b0"}, "train": {"epochs": 1, "batch_size": 8}}]
+           {"name": "efficientnet", "model": {"backbone": "efficientnet_b0"},
+            "train": {"epochs": 1, "batch_size": 8, "processes": 2, "device": "cpu"}}]
 
 
 def write_config(folder: Path, data: Path, members: list[dict]) -> Path:
@@ -54,6 +56,7 @@ def test_members_branch_cache_and_ensemble(tmp_path: Path):
     status = {name: str(step.status.value) for name, step in second.steps.items()}
     assert status["finetune_resnet"] == status["finetune_mobilenet"] == "cached"
     assert status["finetune_efficientnet"] == "completed" and status["ensemble_predictions"] == "completed"
+    assert len(second.steps["finetune_efficientnet"].outputs["history"][0].load()) == 1
     report = second.steps["ensemble_predictions"].outputs["ensemble_report"][0].load()
     assert list(report["member"]) == ["resnet", "mobilenet", "efficientnet", "ensemble", "ensemble_cross_fit"]
     assert np.isclose(report.loc[~report["member"].str.startswith("ensemble"), "weight"].sum(), 1.0)

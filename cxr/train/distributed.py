@@ -1,0 +1,102 @@
+"""Data-parallel fine-tuning: ``fit`` in ``train.processes`` processes (one per GPU).
+
+``fit_data_parallel`` writes the train/val sets and configs to a scratch folder, starts the
+processes with torchrun and reads back the rank-0 result. Each process runs this module:
+Accelerate sets up the process group (NCCL on GPUs, Gloo on CPU), the device and the DDP
+wrapper, and ``fit`` does the rest. Images are memory-mapped, so N processes share one copy
+in the page cache. ``train.processes == 1`` never comes here: ``fit`` runs in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from accelerate import Accelerator
+
+from cxr.data.imageset import ImageSet
+from cxr.infer.predict import resolve_device
+from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint, load_checkpoint, save_checkpoint
+from cxr.models.classifier import ModelConfig
+from cxr.train.config import TrainConfig
+from cxr.train.loop import FitResult, check_fit_inputs, fit
+
+CONFIG, BACKBONE, RESULT, HISTORY = "config.json", "backbone", "checkpoint", "history.parquet"
+
+
+def write_set(images: ImageSet, folder: Path) -> None:
+    """An ImageSet as ``labels.parquet``, ``images.npy`` and ``meta.json`` in ``folder``."""
+    folder.mkdir(parents=True)
+    images.label_frame().to_parquet(folder / "labels.parquet", index=False)
+    np.save(folder / "images.npy", np.ascontiguousarray(images.images), allow_pickle=False)
+    (folder / "meta.json").write_text(json.dumps({"label_names": list(images.label_names)}))
+
+
+def read_set(folder: Path) -> ImageSet:
+    """The ImageSet ``write_set`` wrote, with its images memory-mapped read-only."""
+    label_names = json.loads((folder / "meta.json").read_text())["label_names"]
+    return ImageSet.from_label_frame(pd.read_parquet(folder / "labels.parquet"), label_names,
+                                     np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False))
+
+
+def launch_command(processes: int, folder: Path) -> list[str]:
+    """torchrun on this host: ``processes`` workers running this module on ``folder``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+            "-m", __name__, str(folder)]
+
+
+def fit_data_parallel(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
+                      preprocess: dict | None = None, progress: bool = True,
+                      on_epoch: Callable[[dict], None] | None = None,
+                      backbone_init: BackboneCheckpoint | None = None) -> FitResult:
+    """``fit`` in ``cfg.processes`` processes; same arguments and result.
+
+    The workers have no tracker, so ``on_epoch`` receives the history rows after training.
+    A worker failure raises with its exit code; its traceback is on stderr above.
+    """
+    check_fit_inputs(train, val)
+    with tempfile.TemporaryDirectory(prefix="cxr-ddp-") as scratch:
+        folder = Path(scratch)
+        write_set(train, folder / "train")
+        write_set(val, folder / "val")
+        (folder / CONFIG).write_text(json.dumps({"model": model_cfg.model_dump(mode="json"),
+                                                 "train": cfg.model_dump(mode="json"),
+                                                 "preprocess": preprocess, "progress": progress}))
+        if backbone_init is not None:
+            save_checkpoint(backbone_init, folder / BACKBONE)
+        done = subprocess.run(launch_command(cfg.processes, folder), env=os.environ | {"PYTHONUNBUFFERED": "1"})
+        if done.returncode != 0:
+            raise RuntimeError(f"data-parallel fine-tune with {cfg.processes} processes failed "
+                               f"(torchrun exit {done.returncode}); the worker traceback is above")
+        result = FitResult(load_checkpoint(folder / RESULT, Checkpoint), pd.read_parquet(folder / HISTORY))
+    if on_epoch is not None:
+        for row in result.history.to_dict("records"):
+            on_epoch(row)
+    return result
+
+
+def worker(folder: Path) -> None:
+    """One torchrun process: fit on its share, rank 0 writes the result into ``folder``."""
+    config = json.loads((folder / CONFIG).read_text())
+    cfg = TrainConfig.model_validate(config["train"])
+    accelerator = Accelerator(cpu=resolve_device(cfg.device).type == "cpu")
+    backbone = load_checkpoint(folder / BACKBONE, BackboneCheckpoint) if (folder / BACKBONE).exists() else None
+    result = fit(read_set(folder / "train"), read_set(folder / "val"), ModelConfig.model_validate(config["model"]),
+                 cfg, preprocess=config["preprocess"], progress=config["progress"] and accelerator.is_main_process,
+                 backbone_init=backbone, accelerator=accelerator)
+    if accelerator.is_main_process:
+        save_checkpoint(result.checkpoint, folder / RESULT)
+        result.history.to_parquet(folder / HISTORY, index=False)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))
