@@ -27,7 +27,16 @@ from cxr.data.imageset import ImageSet, make_manifest  # noqa: E402
 from cxr.data.ingest import resolve_path  # noqa: E402
 from cxr.data.sources import list_images  # noqa: E402
 from cxr.infer.batch import predict_chunks, write_predictions  # noqa: E402
+from cxr.infer.ensemble import EnsembleModel  # noqa: E402
 from cxr.infer.tta import REFERENCE_VIEWS  # noqa: E402
+
+
+def describe(model) -> dict:
+    """Backbone(s) and image size(s) of a served checkpoint or ensemble."""
+    checkpoints = list(model.members.values()) if isinstance(model, EnsembleModel) else [model]
+    sizes = [c.meta.image_size for c in checkpoints]
+    return {"backbone": "+".join(c.meta.model.backbone for c in checkpoints),
+            "image_size": sizes[0] if len(sizes) == 1 else sizes}
 
 
 def peak_rss_mb() -> float:
@@ -46,9 +55,9 @@ def repeated(files: list[Path], count: int) -> ImageSet:
     return ImageSet(make_manifest(ids, paths), (), np.zeros((count, 0), np.float32), np.zeros((count, 0), bool))
 
 
-def throughput(checkpoint, images: ImageSet, views, chunk_size: int) -> float:
+def throughput(model, images: ImageSet, views, chunk_size: int) -> float:
     started = time.perf_counter()
-    for _ in predict_chunks(checkpoint, images, views, chunk_size, progress=False):
+    for _ in predict_chunks(model, images, views, chunk_size, progress=False):
         pass
     return len(images) / (time.perf_counter() - started)
 
@@ -68,23 +77,24 @@ def main() -> None:
 
     cli.setup_stack()
     mlflow.set_tracking_uri(cli.tracking_uri())
-    checkpoint = mlflow.pyfunc.load_model(args.model_uri).unwrap_python_model().checkpoint
+    from steps.registry.lifecycle import served_model
+
+    model = served_model(args.model_uri)
     files = list_images(resolve_path(args.images))
     small = repeated(files, args.speed_count)
-    single = throughput(checkpoint, small, ("original",), args.chunk_size)
-    tta = throughput(checkpoint, small, REFERENCE_VIEWS, args.chunk_size)
-    print(json.dumps({"bench": "inference", "model_uri": args.model_uri, "image_size": checkpoint.meta.image_size,
-                      "backbone": checkpoint.meta.model.backbone, "images": len(small),
+    single = throughput(model, small, ("original",), args.chunk_size)
+    tta = throughput(model, small, REFERENCE_VIEWS, args.chunk_size)
+    print(json.dumps({"bench": "inference", "model_uri": args.model_uri, **describe(model), "images": len(small),
                       "single_pass_images_per_s": round(single, 1), "tta_5_views_images_per_s": round(tta, 1),
                       "tta_cost_x_single": round(single / tta, 2), "cores": os.cpu_count()}), flush=True)
 
     before = current_rss_mb()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = write_predictions(predict_chunks(checkpoint, repeated(files, args.count), ("original",),
+        rows = write_predictions(predict_chunks(model, repeated(files, args.count), ("original",),
                                                 args.chunk_size, progress=False), Path(tmp) / "predictions.csv")
     seconds = time.perf_counter() - started
-    decoded_mb = args.count * checkpoint.meta.image_size ** 2 / 2**20
+    decoded_mb = args.count * sum(np.square(describe(model)["image_size"])) / 2**20
     print(json.dumps({"bench": "inference_stream", "images": rows, "chunk_size": args.chunk_size,
                       "seconds": round(seconds, 1), "images_per_s": round(rows / seconds, 1),
                       "rss_before_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1),

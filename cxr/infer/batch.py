@@ -10,12 +10,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxr.data.imageset import ImageSet
-from cxr.infer.serving import preprocess_files
-from cxr.infer.tta import predict_imageset
-from cxr.models.checkpoint import Checkpoint
+from cxr.infer.serving import ServedModel, predict_files
 
 
-def predict_chunks(checkpoint: Checkpoint, images: ImageSet, views: Sequence[str] = ("original",),
+def predict_chunks(model: ServedModel, images: ImageSet, views: Sequence[str] = ("original",),
                    chunk_size: int = 1024, batch_size: int = 64, device: str = "auto",
                    progress: bool = True) -> Iterator[pd.DataFrame]:
     """Predictions (``id`` + one column per label) of ``images``' files, ``chunk_size`` at a time.
@@ -25,8 +23,8 @@ def predict_chunks(checkpoint: Checkpoint, images: ImageSet, views: Sequence[str
     """
     paths, ids = images.manifest["path"].tolist(), images.ids
     for start in tqdm(range(0, len(paths), chunk_size), desc="predict", unit="chunk", disable=not progress):
-        decoded = preprocess_files(checkpoint, paths[start:start + chunk_size], ids[start:start + chunk_size])
-        yield predict_imageset(checkpoint, decoded, views, batch_size, device)
+        yield predict_files(model, paths[start:start + chunk_size], ids[start:start + chunk_size], views,
+                            batch_size, device)
 
 
 def write_predictions(chunks: Iterator[pd.DataFrame], path: str | Path) -> int:

@@ -4,12 +4,15 @@ Members below an AUC floor, or too far behind the best member, are dropped; the 
 averaged with weights from their val AUC (the challenge solution's rule), equal weights, a
 rank average, or a non-negative least-squares stacker fitted per label on val predictions.
 Everything is fitted on val predictions only; ``cross_fit_predictions`` scores the recipe on
-val rows it was not fitted on.
+val rows it was not fitted on. ``EnsembleModel`` is a fitted ensemble with its members'
+checkpoints: what the registry serves and promotes like a single model.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -19,6 +22,9 @@ from scipy.stats import rankdata
 from sklearn.model_selection import GroupKFold
 
 from cxr.metrics.classification import mean_auc
+from cxr.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+ENSEMBLE_FILE = "ensemble.json"
 
 
 class EnsembleConfig(BaseModel):
@@ -103,3 +109,56 @@ def cross_fit_predictions(val_preds: dict[str, np.ndarray], y: np.ndarray, mask:
         ensemble = fit_ensemble({n: p[fit_rows] for n, p in val_preds.items()}, y[fit_rows], mask[fit_rows], cfg)
         out[held_rows] = ensemble.combine({n: p[held_rows] for n, p in val_preds.items()})
     return out
+
+
+@dataclass
+class EnsembleModel:
+    """The kept members' checkpoints and their (M, L) weights: a servable ensemble.
+
+    Rank averages are refused: a rank depends on the other images scored with it, so one
+    image sent alone would get a meaningless score.
+    """
+
+    members: dict[str, Checkpoint]
+    weights: np.ndarray
+    weighting: str = "auc"
+
+    def __post_init__(self) -> None:
+        if self.weighting == "rank":
+            raise ValueError("a rank-averaged ensemble cannot be served (one image alone has no rank); "
+                             "register an auc, equal or stack ensemble")
+        labels = {tuple(c.meta.label_names) for c in self.members.values()}
+        if len(labels) != 1:
+            raise ValueError(f"ensemble members disagree on their labels: {sorted(labels)}")
+        if self.weights.shape != (len(self.members), len(self.label_names)):
+            raise ValueError(f"ensemble weights {self.weights.shape} do not match {len(self.members)} members "
+                             f"x {len(self.label_names)} labels")
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(next(iter(self.members.values())).meta.label_names)
+
+    def combine(self, predictions: list[np.ndarray]) -> np.ndarray:
+        """(N, L) weighted average of the members' (N, L) probabilities, in member order."""
+        return np.einsum("mnl,ml->nl", np.stack(predictions), self.weights)
+
+
+def save_ensemble_model(model: EnsembleModel, folder: str | Path) -> Path:
+    """``ensemble.json`` (member order, weights, labels) plus one checkpoint folder per member."""
+    folder = Path(folder)
+    for name, checkpoint in model.members.items():
+        save_checkpoint(checkpoint, folder / "members" / name)
+    (folder / ENSEMBLE_FILE).write_text(json.dumps({"members": list(model.members), "weights": model.weights.tolist(),
+                                                    "weighting": model.weighting, "label_names": model.label_names},
+                                                   indent=2))
+    return folder
+
+
+def load_ensemble_model(folder: str | Path) -> EnsembleModel:
+    """Read what ``save_ensemble_model`` wrote."""
+    folder = Path(folder)
+    if not (folder / ENSEMBLE_FILE).is_file():
+        raise FileNotFoundError(f"ensemble folder {folder} lacks {ENSEMBLE_FILE}")
+    spec = json.loads((folder / ENSEMBLE_FILE).read_text())
+    members = {name: load_checkpoint(folder / "members" / name) for name in spec["members"]}
+    return EnsembleModel(members, np.asarray(spec["weights"], dtype=np.float64), spec["weighting"])

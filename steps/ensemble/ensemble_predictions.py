@@ -21,13 +21,15 @@ def ensemble_predictions(names: List[str], val_predictions: List[pd.DataFrame], 
     Annotated[pd.DataFrame, "ensemble_val_predictions"],
     Annotated[pd.DataFrame, "ensemble_test_predictions"],
     Annotated[pd.DataFrame, "ensemble_report"],
+    Annotated[dict, "ensemble_weights"],
 ]:
     """Fit the member selection and weights on val predictions only, apply them to val and test.
 
     The report lists each member's val AUC, its weight (mean over labels) or why it was
     dropped, the ensemble's val AUC, and the same recipe's 2-fold patient-level cross-fitted
     val AUC (the honest one: no row is scored by weights fitted on it); it goes to MLflow as
-    ``ensemble_report.csv``.
+    ``ensemble_report.csv``. ``ensemble_weights`` (kept members, (M, L) weights, weighting)
+    is what ``register_ensemble`` serves.
     """
     val = images.split("val")
     labels = list(val.label_names)
@@ -49,4 +51,6 @@ def ensemble_predictions(names: List[str], val_predictions: List[pd.DataFrame], 
     logger.info("ensemble (%s):\n%s", cfg.weighting, report.round(4).to_string(index=False))
     log_metadata({"val_auc_ensemble": ensemble_auc, "members": ensemble.members})
     frame = lambda ids, values: pd.DataFrame({"id": ids, **dict(zip(labels, values.T))})  # noqa: E731
-    return (frame(val_predictions[0]["id"], combined_val), frame(test_predictions[0]["id"], combined_test), report)
+    weights = {"members": ensemble.members, "weights": ensemble.weights.tolist(), "weighting": cfg.weighting}
+    return (frame(val_predictions[0]["id"], combined_val), frame(test_predictions[0]["id"], combined_test), report,
+            weights)

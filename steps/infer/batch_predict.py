@@ -3,7 +3,6 @@
 from pathlib import Path
 from typing import Annotated, Optional
 
-import mlflow
 import pandas as pd
 from zenml import log_metadata, step
 from zenml.logger import get_logger
@@ -13,13 +12,9 @@ from cxr.data.ingest import resolve_path
 from cxr.infer.batch import predict_chunks, write_predictions
 from cxr.infer.submission import make_submission, write_submission
 from steps.caching import core_cache_policy
+from steps.registry.lifecycle import served_model
 
 logger = get_logger(__name__)
-
-
-def registered_checkpoint(model_uri: str):
-    """The checkpoint a registered pyfunc version (e.g. ``models:/name@champion``) serves."""
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().checkpoint
 
 
 @step(enable_cache=False, cache_policy=core_cache_policy("cxr.infer.batch"))
@@ -31,14 +26,14 @@ def batch_predict(images: ImageSet, model_uri: str, output_path: str, sample_sub
     ``chunk_size`` files at a time, appending rows to ``output_path``; then reorder to
     ``sample_submission`` when given. YAML: ``parameters.*`` of the inference pipeline.
     """
-    checkpoint = registered_checkpoint(model_uri)
+    model = served_model(model_uri)
     output = resolve_path(output_path)
-    rows = write_predictions(predict_chunks(checkpoint, images, tuple(views), chunk_size, batch_size), output)
+    rows = write_predictions(predict_chunks(model, images, tuple(views), chunk_size, batch_size), output)
     if sample_submission:
         write_submission(make_submission(pd.read_csv(output, dtype={"id": str}),
                                           str(resolve_path(sample_submission))), output)
     logger.info("wrote %d predictions from %s to %s", rows, model_uri, Path(output).resolve())
     summary = {"model_uri": model_uri, "rows": rows, "path": str(Path(output).resolve()),
-               "labels": checkpoint.meta.label_names, "views": list(views)}
+               "labels": list(pd.read_csv(output, nrows=0).columns[1:]), "views": list(views)}
     log_metadata(summary)
     return summary

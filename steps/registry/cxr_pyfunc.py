@@ -1,9 +1,12 @@
-"""MLflow pyfunc model (models-from-code): loads the safetensors checkpoint through the core.
+"""MLflow pyfunc model (models-from-code): loads a safetensors checkpoint, or an ensemble of
+them, through the core.
 
-Logged by the register step as ``python_model=<this file>``, with the ``cxr`` package in
-``code_paths``, so nothing is pickled. Input: a DataFrame with a ``path`` column (image
-files) and optionally ``id``; output: ``id`` plus one probability column per label.
-Params: ``views`` (TTA view names, default original only), ``batch_size``.
+Logged by the register steps as ``python_model=<this file>`` with the ``cxr`` package in
+``code_paths``, so nothing is pickled. The artifact is either ``checkpoint`` (one model) or
+``ensemble`` (members' checkpoints plus weights). Input: a DataFrame with a ``path`` column
+(image files) and optionally ``id``; output: ``id`` plus one probability column per label.
+Params (in the logged signature): ``views`` (TTA view names, default original only) and
+``batch_size``.
 """
 
 import mlflow
@@ -12,12 +15,15 @@ from mlflow.pyfunc import PythonModel
 
 
 class CXRClassifier(PythonModel):
-    """A chest X-ray classifier served from its checkpoint folder."""
+    """A chest X-ray classifier (or ensemble) served from its checkpoint folder(s)."""
 
     def load_context(self, context) -> None:
+        from cxr.infer.ensemble import load_ensemble_model
         from cxr.models.checkpoint import load_checkpoint
 
-        self.checkpoint = load_checkpoint(context.artifacts["checkpoint"])
+        artifacts = context.artifacts
+        self.model = (load_ensemble_model(artifacts["ensemble"]) if "ensemble" in artifacts
+                      else load_checkpoint(artifacts["checkpoint"]))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from cxr.infer.serving import predict_files
@@ -26,7 +32,7 @@ class CXRClassifier(PythonModel):
         if "path" not in model_input.columns:
             raise ValueError(f"input needs a 'path' column of image files; got {list(model_input.columns)}")
         ids = model_input["id"].astype(str).tolist() if "id" in model_input.columns else None
-        return predict_files(self.checkpoint, model_input["path"].tolist(), ids,
+        return predict_files(self.model, model_input["path"].tolist(), ids,
                              views=tuple(params.get("views", ("original",))),
                              batch_size=int(params.get("batch_size", 64)))
 

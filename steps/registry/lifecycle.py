@@ -1,5 +1,5 @@
-"""The MLflow side of the model lifecycle: log a checkpoint as a registered pyfunc version,
-score registered versions, move champion/challenger aliases (no deprecated stages), roll
+"""The MLflow side of the model lifecycle: log a checkpoint or an ensemble as a registered
+pyfunc version, score registered versions, move champion/challenger aliases (no deprecated stages), roll
 back. Shared by the registry steps and ``run.py rollback``; no ZenML imports, so it is
 tested against a plain MLflow store.
 
@@ -18,8 +18,12 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from cxr.data.imageset import ImageSet
+from cxr.infer.ensemble import EnsembleModel, save_ensemble_model
+from cxr.infer.serving import ServedModel
 from cxr.lifecycle.promotion import PromotionConfig, PromotionDecision, decide
 from cxr.models.checkpoint import Checkpoint, save_checkpoint
 
@@ -30,20 +34,38 @@ SERVING_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "numpy", "pan
                     "opencv-python-headless", "scikit-learn", "matplotlib", "pillow", "tqdm")
 
 
-def log_checkpoint_model(checkpoint: Checkpoint, name: str, tags: dict[str, str] | None = None) -> int:
-    """Log ``checkpoint`` as a pyfunc (safetensors + the core's code, no pickle) under the active
-    MLflow run, register it as a new version of ``name`` with ``tags``; returns the version."""
+def served_signature(label_names: list[str]) -> ModelSignature:
+    """Input ``id`` (optional) and ``path``, output ``id`` plus one probability per label, and
+    the ``views``/``batch_size`` params (without a params schema MLflow drops them)."""
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "id", required=False), ColSpec("string", "path")]),
+        outputs=Schema([ColSpec("string", "id"), *(ColSpec("double", n) for n in label_names)]),
+        params=ParamSchema([ParamSpec("views", "string", ["original"], shape=(-1,)),
+                            ParamSpec("batch_size", "long", 64)]))
+
+
+def log_served_model(model: ServedModel, name: str, tags: dict[str, str] | None = None) -> int:
+    """Log a checkpoint or an ensemble as a pyfunc (safetensors + the core's code, no pickle)
+    under the active MLflow run, register it as a new version of ``name`` with ``tags``;
+    returns the version."""
+    ensemble = isinstance(model, EnsembleModel)
+    labels = model.label_names if ensemble else list(model.meta.label_names)
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(checkpoint, tmp)
+        save_ensemble_model(model, tmp) if ensemble else save_checkpoint(model, tmp)
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_FILE), artifacts={"checkpoint": tmp},
-            code_paths=[str(CORE_DIR)], registered_model_name=name,
+            name="model", python_model=str(PYFUNC_FILE), artifacts={"ensemble" if ensemble else "checkpoint": tmp},
+            code_paths=[str(CORE_DIR)], registered_model_name=name, signature=served_signature(labels),
             pip_requirements=[f"{p}=={package_version(p)}" for p in SERVING_PACKAGES])
     version = int(info.registered_model_version)
     client = MlflowClient()
     for key, value in (tags or {}).items():
         client.set_model_version_tag(name, str(version), key, value)
     return version
+
+
+def served_model(model_uri: str) -> ServedModel:
+    """The checkpoint or ensemble a registered version (e.g. ``models:/name@champion``) serves."""
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
 
 
 def registry_predictions(name: str, version: str, images: ImageSet) -> pd.DataFrame:

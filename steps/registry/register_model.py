@@ -7,7 +7,7 @@ from zenml.logger import get_logger
 
 from cxr.models.checkpoint import Checkpoint
 from steps.caching import core_cache_policy
-from steps.registry.lifecycle import log_checkpoint_model
+from steps.registry.lifecycle import log_served_model
 
 logger = get_logger(__name__)
 
@@ -25,7 +25,7 @@ def register_model(checkpoint: Checkpoint, val_metrics: dict,
     tags = {f"val_{k}": f"{v:.6f}" for k, v in val_metrics.items()}
     tags |= {"zenml_run_id": str(run.id), "zenml_run_name": run.name, "backbone": checkpoint.meta.model.backbone,
              "labels": ",".join(checkpoint.meta.label_names), "image_size": str(checkpoint.meta.image_size)}
-    model_version = log_checkpoint_model(checkpoint, registered_model_name, tags)
+    model_version = log_served_model(checkpoint, registered_model_name, tags)
     logger.info("registered %s version %d (val mean AUC %.4f)", registered_model_name, model_version,
                 val_metrics.get("mean_auc", float("nan")))
     log_metadata({"registered_model_name": registered_model_name, "model_version": model_version})

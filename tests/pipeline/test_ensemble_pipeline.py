@@ -1,4 +1,5 @@
-"""The ensemble pipeline: one cached branch per member; adding a member trains only that one."""
+"""The ensemble pipeline: one cached branch per member; adding a member trains only that one;
+the ensemble is registered, served and promoted as one model version."""
 
 from __future__ import annotations
 
@@ -32,11 +33,14 @@ def write_config(folder: Path, data: Path, members: list[dict]) -> Path:
         "members": members,
         "ensemble": {"auc_floor": 0.0, "max_gap": 1.0},
         "tta_views": ["original", "hflip"],
+        "registered_model_name": "cxr-ensemble-test",
+        "promotion": {"n_bootstrap": 200},
     }}))
     return path
 
 
-def test_members_branch_cache_and_ensemble(tmp_path: Path):
+def test_members_branch_cache_ensemble_and_promotion(tmp_path: Path):
+    import mlflow
     from zenml.client import Client
     from zenml.utils import source_utils
 
@@ -68,3 +72,16 @@ def test_members_branch_cache_and_ensemble(tmp_path: Path):
     weights = report.set_index("member")["weight"]
     expected = sum(weights[m["name"]] * p["pneumonia"].to_numpy() for m, p in zip(MEMBERS, members))
     np.testing.assert_allclose(val["pneumonia"].to_numpy(), expected, atol=1e-6)
+
+    # the registered version serves exactly this ensemble (members, weights, TTA views)
+    promotions = [run.steps["promote_model"].outputs["promotion"][0].load() for run in (first, second)]
+    assert promotions[0]["alias"] == "champion" and promotions[0]["reason"] == "no champion yet"
+    mlflow.set_tracking_uri(cli.tracking_uri())
+    client = mlflow.MlflowClient()
+    version = second.steps["register_ensemble"].outputs["model_version"][0].load()
+    assert promotions[1]["alias"] in client.get_model_version("cxr-ensemble-test", str(version)).aliases
+    served = mlflow.pyfunc.load_model(f"models:/cxr-ensemble-test/{version}")
+    val_set = second.steps["preprocess_images"].outputs["decoded_images"][0].load().split("val")
+    frame = pd.DataFrame({"id": val_set.ids, "path": val_set.manifest["path"]})
+    got = served.predict(frame, params={"views": ["original", "hflip"]})
+    np.testing.assert_allclose(got["pneumonia"].to_numpy(), val["pneumonia"].to_numpy(), atol=1e-5)

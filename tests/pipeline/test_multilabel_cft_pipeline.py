@@ -111,6 +111,7 @@ def test_inference_pipeline_streams_new_images_through_the_champion(tmp_path: Pa
 
     import run as cli
     from cxr.infer.serving import predict_files
+    from steps.registry.lifecycle import served_model
 
     config = tmp_path / "infer.yaml"
     config.write_text(yaml.safe_dump({"parameters": {
@@ -122,7 +123,7 @@ def test_inference_pipeline_streams_new_images_through_the_champion(tmp_path: Pa
     written = pd.read_csv(tmp_path / "pred.csv")
     assert len(written) == 64 and list(written.columns) == ["id", *FINDINGS]
     mlflow.set_tracking_uri(cli.tracking_uri())
-    champion = mlflow.pyfunc.load_model("models:/cxr-nih-test@champion").unwrap_python_model().checkpoint
+    champion = served_model("models:/cxr-nih-test@champion")
     paths = sorted(str(p) for p in (nih_data / "images").iterdir())[:5]
     expected = predict_files(champion, paths, [Path(p).stem for p in paths])
     got = written.set_index("id").loc[expected["id"], FINDINGS].to_numpy()

@@ -7,26 +7,36 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from cxr.data.imageset import ImageSet, make_manifest
 from cxr.infer.batch import predict_chunks, write_predictions
+from cxr.infer.ensemble import EnsembleModel, load_ensemble_model, save_ensemble_model
 from cxr.infer.serving import predict_files
 from cxr.models.checkpoint import Checkpoint, CheckpointMeta
 from cxr.models.classifier import Classifier, ModelConfig
 
 
-def test_chunks_match_one_shot_and_csv_has_every_row_once(tmp_path: Path):
+def write_images(folder: Path, n: int) -> tuple[list[str], list[str]]:
     rng = np.random.default_rng(0)
     paths = []
-    for i in range(11):
-        paths.append(str(tmp_path / f"x{i}.png"))
+    for i in range(n):
+        paths.append(str(folder / f"x{i}.png"))
         cv2.imwrite(paths[-1], rng.integers(0, 256, (40, 36), dtype=np.uint8))
-    ids = [f"x{i}" for i in range(11)]
-    torch.manual_seed(0)
+    return paths, [f"x{i}" for i in range(n)]
+
+
+def random_checkpoint(seed: int, image_size: int = 32, labels: tuple[str, ...] = ("a", "b")) -> Checkpoint:
+    torch.manual_seed(seed)
     cfg = ModelConfig(backbone="resnet10t")
-    checkpoint = Checkpoint.from_model(Classifier(cfg, 2).eval(), CheckpointMeta(
-        model=cfg, image_size=32, label_names=["a", "b"], mean=0.5, std=0.25, preprocess={"clahe": True}))
+    return Checkpoint.from_model(Classifier(cfg, len(labels)).eval(), CheckpointMeta(
+        model=cfg, image_size=image_size, label_names=list(labels), mean=0.5, std=0.25, preprocess={"clahe": True}))
+
+
+def test_chunks_match_one_shot_and_csv_has_every_row_once(tmp_path: Path):
+    paths, ids = write_images(tmp_path, 11)
+    checkpoint = random_checkpoint(0)
     images = ImageSet(make_manifest(ids, paths), (), np.zeros((11, 0), np.float32), np.zeros((11, 0), bool))
     chunks = list(predict_chunks(checkpoint, images, chunk_size=4, progress=False))
     assert [len(c) for c in chunks] == [4, 4, 3]
@@ -35,3 +45,23 @@ def test_chunks_match_one_shot_and_csv_has_every_row_once(tmp_path: Path):
     expected = predict_files(checkpoint, paths, ids)
     assert rows == 11 and list(written["id"]) == ids and list(written.columns) == ["id", "a", "b"]
     np.testing.assert_allclose(written[["a", "b"]].to_numpy(), expected[["a", "b"]].to_numpy(), atol=1e-5)
+
+
+def test_ensemble_model_serves_the_weighted_members_and_round_trips(tmp_path: Path):
+    paths, ids = write_images(tmp_path, 6)
+    members = {"small": random_checkpoint(0, image_size=32), "large": random_checkpoint(1, image_size=48)}
+    weights = np.array([[0.7, 0.2], [0.3, 0.8]])
+    model = EnsembleModel(members, weights, "stack")
+    each = [predict_files(c, paths, ids, views=("original", "hflip"))[["a", "b"]].to_numpy() for c in members.values()]
+    got = predict_files(model, paths, ids, views=("original", "hflip"))
+    np.testing.assert_allclose(got[["a", "b"]].to_numpy(), each[0] * weights[0] + each[1] * weights[1], atol=1e-6)
+    loaded = load_ensemble_model(save_ensemble_model(model, tmp_path / "ensemble"))
+    assert list(loaded.members) == ["small", "large"] and loaded.weighting == "stack"
+    pd.testing.assert_frame_equal(predict_files(loaded, paths, ids, views=("original", "hflip")), got)
+
+
+def test_ensemble_model_refuses_rank_averages_and_mixed_labels():
+    with pytest.raises(ValueError, match="rank-averaged"):
+        EnsembleModel({"a": random_checkpoint(0)}, np.ones((1, 2)), "rank")
+    with pytest.raises(ValueError, match="disagree on their labels"):
+        EnsembleModel({"a": random_checkpoint(0), "b": random_checkpoint(1, labels=("a", "c"))}, np.ones((2, 2)))

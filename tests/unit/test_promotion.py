@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -98,10 +99,10 @@ def registry(tmp_path: Path, monkeypatch):
 def register(checkpoint: Checkpoint, name: str) -> int:
     import mlflow
 
-    from steps.registry.lifecycle import log_checkpoint_model
+    from steps.registry.lifecycle import log_served_model
 
     with mlflow.start_run():
-        return log_checkpoint_model(checkpoint, name)
+        return log_served_model(checkpoint, name)
 
 
 def test_better_version_becomes_champion_worse_stays_challenger_and_rollback(tmp_path: Path, registry, monkeypatch):
@@ -140,3 +141,19 @@ def test_better_version_becomes_champion_worse_stays_challenger_and_rollback(tmp
     assert int(registry.get_model_version_by_alias(name, "champion").version) == v1
     with pytest.raises(ValueError, match="nothing to roll back to"):
         lifecycle.rollback(registry, name)
+
+
+def test_served_version_honours_the_views_param(tmp_path: Path, registry):
+    import mlflow
+
+    from cxr.infer.serving import predict_files
+
+    val = write_images(tmp_path / "val")
+    checkpoint = brightness_checkpoint(+1.0)
+    version = register(checkpoint, "cxr-params-test")
+    served = mlflow.pyfunc.load_model(f"models:/cxr-params-test/{version}")
+    frame = pd.DataFrame({"id": val.ids, "path": val.manifest["path"]})
+    tta = served.predict(frame, params={"views": ["original", "hflip", "zoom"]})
+    expected = predict_files(checkpoint, frame["path"].tolist(), val.ids, views=("original", "hflip", "zoom"))
+    np.testing.assert_allclose(tta["opacity"], expected["opacity"], atol=1e-6)
+    assert not np.allclose(tta["opacity"], served.predict(frame)["opacity"], atol=1e-4)
