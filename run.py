@@ -1,10 +1,11 @@
-"""Project CLI: set up the local ZenML stack, run the training pipeline, find the results.
+"""Project CLI: set up the local ZenML stack, run the pipelines, find the results.
 
     python run.py setup                              # idempotent: MLflow tracker + registry stack
     python run.py train [--config zenml_config.yaml]  # setup, then one pipeline run
     python run.py mlflow-ui                          # MLflow UI on this stack's tracking store
     python run.py info                               # tracking URI, stack, latest run
     python run.py infer [--config configs/inference.yaml]  # new images through the registry's champion
+    python run.py ensemble [--config configs/ensemble.yaml]  # several backbones -> one registered ensemble
     python run.py rollback [--name cxr-pneumonia]    # champion alias back to the previous champion
     python run.py predict IMAGE_OR_FOLDER [--checkpoint DIR | --artifact cft_checkpoint]
                           [--gradcam OUT_DIR --top 3] [--tta] [--csv OUT.csv]
@@ -57,32 +58,38 @@ def tracking_uri() -> str:
     return Client().active_stack.experiment_tracker.get_tracking_uri()
 
 
-def train(config: str, run_name: str | None = None):
-    """Run the training pipeline with a YAML config; returns the pipeline run.
+PIPELINES = {"train": ("pipelines.training", "training_pipeline"),
+             "ensemble": ("pipelines.ensemble", "ensemble_pipeline"),
+             "infer": ("pipelines.inference", "inference_pipeline")}
+
+
+def run_pipeline(command: str, config: str, run_name: str | None = None):
+    """Run the pipeline behind ``command`` (train, ensemble, infer) with a YAML config; returns
+    the pipeline run.
 
     The source root is pinned to this folder, so step sources and the core files that
     cache keys hash resolve the same way from any caller (CLI, pytest, notebooks).
     """
+    import importlib
+
     from zenml.utils import source_utils
 
-    from pipelines.training import training_pipeline
-
+    module, attribute = PIPELINES[command]
+    pipeline = getattr(importlib.import_module(module), attribute)
     source_utils.set_custom_source_root(str(REPO_ROOT))
     setup_stack()
-    name = run_name or f"train-{os.path.splitext(os.path.basename(config))[0]}-{datetime.now():%Y%m%d-%H%M%S}"
-    return training_pipeline.with_options(config_path=config, run_name=name)()
+    name = run_name or f"{command}-{os.path.splitext(os.path.basename(config))[0]}-{datetime.now():%Y%m%d-%H%M%S}"
+    return pipeline.with_options(config_path=config, run_name=name)()
+
+
+def train(config: str, run_name: str | None = None):
+    """Run the training pipeline with a YAML config; returns the pipeline run."""
+    return run_pipeline("train", config, run_name)
 
 
 def infer(config: str, run_name: str | None = None):
     """Run the inference pipeline with a YAML config; returns the pipeline run."""
-    from zenml.utils import source_utils
-
-    from pipelines.inference import inference_pipeline
-
-    source_utils.set_custom_source_root(str(REPO_ROOT))
-    setup_stack()
-    name = run_name or f"infer-{datetime.now():%Y%m%d-%H%M%S}"
-    return inference_pipeline.with_options(config_path=config, run_name=name)()
+    return run_pipeline("infer", config, run_name)
 
 
 def load_model(checkpoint_dir: str | None, artifact: str):
@@ -143,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     infer_cmd = commands.add_parser("infer", help="run the inference pipeline with a registered model")
     infer_cmd.add_argument("--config", "-c", default="configs/inference.yaml")
     infer_cmd.add_argument("--run-name")
+    ensemble_cmd = commands.add_parser("ensemble", help="train, ensemble, register and promote several backbones")
+    ensemble_cmd.add_argument("--config", "-c", default="configs/ensemble.yaml")
+    ensemble_cmd.add_argument("--run-name")
     back = commands.add_parser("rollback", help="give the champion alias back to the previous champion")
     back.add_argument("--name", default="cxr-pneumonia", help="registered model name")
     pred = commands.add_parser("predict", help="per-finding probabilities of an image or folder")
@@ -158,16 +168,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "setup":
         print(f"active stack: {setup_stack()}; MLflow tracking URI: {tracking_uri()}")
-    elif args.command == "train":
-        run = train(args.config, args.run_name)
+    elif args.command in PIPELINES:
+        run = run_pipeline(args.command, args.config, args.run_name)
         print(f"pipeline run {run.name}: {run.status}; MLflow tracking URI: {tracking_uri()}")
     elif args.command == "mlflow-ui":
         setup_stack()
         return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
                                 "--port", args.port])
-    elif args.command == "infer":
-        run = infer(args.config, args.run_name)
-        print(f"pipeline run {run.name}: {run.status}")
     elif args.command == "rollback":
         import mlflow
 

@@ -42,20 +42,12 @@ def write_config(folder: Path, data: Path, members: list[dict]) -> Path:
 def test_members_branch_cache_ensemble_and_promotion(tmp_path: Path):
     import mlflow
     from zenml.client import Client
-    from zenml.utils import source_utils
-
-    from pipelines.ensemble import ensemble_pipeline
-    from tests.conftest import REPO_ROOT
 
     import run as cli
 
-    source_utils.set_custom_source_root(str(REPO_ROOT))
-    cli.setup_stack()
     data = write_class_tree(tmp_path / "data", n_per_class=16, size=32)
-    first = ensemble_pipeline.with_options(config_path=str(write_config(tmp_path, data, MEMBERS[:2])),
-                                           run_name="ensemble-2")()
-    second = ensemble_pipeline.with_options(config_path=str(write_config(tmp_path, data, MEMBERS)),
-                                            run_name="ensemble-3")()
+    first = cli.run_pipeline("ensemble", str(write_config(tmp_path, data, MEMBERS[:2])), "ensemble-2")
+    second = cli.run_pipeline("ensemble", str(write_config(tmp_path, data, MEMBERS)), "ensemble-3")
     first, second = (Client().get_pipeline_run(r.id) for r in (first, second))
     status = {name: str(step.status.value) for name, step in second.steps.items()}
     assert status["finetune_resnet"] == status["finetune_mobilenet"] == "cached"
