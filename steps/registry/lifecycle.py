@@ -64,8 +64,13 @@ def log_served_model(model: ServedModel, name: str, tags: dict[str, str] | None 
 
 
 def served_model(model_uri: str) -> ServedModel:
-    """The checkpoint or ensemble a registered version (e.g. ``models:/name@champion``) serves."""
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
+    """The checkpoint or ensemble a registered version (e.g. ``models:/name@champion``) serves.
+
+    Each version keeps the pyfunc file it was logged with; versions from before ensembles
+    could be registered hold their checkpoint as ``checkpoint`` rather than ``model``.
+    """
+    python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    return python_model.model if hasattr(python_model, "model") else python_model.checkpoint
 
 
 def registry_predictions(name: str, version: str, images: ImageSet) -> pd.DataFrame:
