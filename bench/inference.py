@@ -94,7 +94,7 @@ def main() -> None:
         rows = write_predictions(predict_chunks(model, repeated(files, args.count), ("original",),
                                                 args.chunk_size, progress=False), Path(tmp) / "predictions.csv")
     seconds = time.perf_counter() - started
-    decoded_mb = args.count * sum(np.square(describe(model)["image_size"])) / 2**20
+    decoded_mb = args.count * np.square(describe(model)["image_size"]).sum() / 2**20
     print(json.dumps({"bench": "inference_stream", "images": rows, "chunk_size": args.chunk_size,
                       "seconds": round(seconds, 1), "images_per_s": round(rows / seconds, 1),
                       "rss_before_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
