@@ -17,16 +17,14 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-HOME = Path(tempfile.mkdtemp(prefix="cxr-ensemble-"))
-os.environ.update(ZENML_CONFIG_PATH=str(HOME / "zen"), ZENML_REPOSITORY_PATH=str(HOME / "repo"),
-                  ZENML_ANALYTICS_OPT_IN="false", MLFLOW_DISABLE_TELEMETRY="true")
-(HOME / "repo").mkdir()
+from bench.temp_home import fresh_home  # noqa: E402
+
+HOME = fresh_home("cxr-ensemble-")
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
