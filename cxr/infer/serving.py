@@ -15,14 +15,18 @@ from cxr.infer.tta import predict_imageset
 from cxr.models.checkpoint import Checkpoint
 
 
+def serving_preprocess(checkpoint: Checkpoint) -> PreprocessConfig:
+    """The checkpoint's training preprocessing; a corrupt file is an error, never skipped."""
+    return PreprocessConfig(**{**checkpoint.meta.preprocess, "image_size": checkpoint.meta.image_size,
+                               "skip_corrupt": False})
+
+
 def preprocess_files(checkpoint: Checkpoint, paths: Sequence[str], ids: Sequence[str] | None = None) -> ImageSet:
     """Decode and preprocess image files with the checkpoint's training settings."""
     ids = list(ids) if ids is not None else [str(p) for p in paths]
     manifest = make_manifest(ids, paths)
     imageset = ImageSet(manifest, (), np.zeros((len(ids), 0), np.float32), np.zeros((len(ids), 0), bool))
-    cfg = PreprocessConfig(**{**checkpoint.meta.preprocess, "image_size": checkpoint.meta.image_size,
-                              "skip_corrupt": False})
-    return preprocess_imageset(imageset, cfg, progress=False)
+    return preprocess_imageset(imageset, serving_preprocess(checkpoint), progress=False)
 
 
 ServedModel = Checkpoint | EnsembleModel
@@ -31,11 +35,23 @@ ServedModel = Checkpoint | EnsembleModel
 def predict_files(model: ServedModel, paths: Sequence[str], ids: Sequence[str] | None = None,
                   views: Sequence[str] = ("original",), batch_size: int = 64,
                   device: str = "auto") -> pd.DataFrame:
-    """Decode, preprocess (the model's training settings) and predict image files; an ensemble
-    does this per member (each with its own image size) and combines the probabilities."""
+    """Decode, preprocess (the model's training settings) and predict image files."""
     if isinstance(model, EnsembleModel):
-        frames = [predict_files(c, paths, ids, views, batch_size, device) for c in model.members.values()]
-        labels = model.label_names
-        combined = model.combine([f[labels].to_numpy(np.float64) for f in frames])
-        return pd.DataFrame({"id": frames[0]["id"], **dict(zip(labels, combined.T))})
+        return predict_ensemble_files(model, paths, ids, views, batch_size, device)
     return predict_imageset(model, preprocess_files(model, paths, ids), views, batch_size, device)
+
+
+def predict_ensemble_files(model: EnsembleModel, paths: Sequence[str], ids: Sequence[str] | None,
+                           views: Sequence[str], batch_size: int, device: str) -> pd.DataFrame:
+    """Each member's predictions combined by the ensemble's weights. The files are decoded once
+    per distinct preprocessing, so members trained alike share one decode."""
+    decoded: dict[str, ImageSet] = {}
+    frames = []
+    for checkpoint in model.members.values():
+        key = serving_preprocess(checkpoint).model_dump_json()
+        if key not in decoded:
+            decoded[key] = preprocess_files(checkpoint, paths, ids)
+        frames.append(predict_imageset(checkpoint, decoded[key], views, batch_size, device))
+    labels = model.label_names
+    combined = model.combine([f[labels].to_numpy(np.float64) for f in frames])
+    return pd.DataFrame({"id": frames[0]["id"], **dict(zip(labels, combined.T))})

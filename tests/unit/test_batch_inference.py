@@ -65,3 +65,15 @@ def test_ensemble_model_refuses_rank_averages_and_mixed_labels():
         EnsembleModel({"a": random_checkpoint(0)}, np.ones((1, 2)), "rank")
     with pytest.raises(ValueError, match="disagree on their labels"):
         EnsembleModel({"a": random_checkpoint(0), "b": random_checkpoint(1, labels=("a", "c"))}, np.ones((2, 2)))
+
+
+def test_ensemble_members_trained_alike_share_one_decode(tmp_path: Path, monkeypatch):
+    from cxr.infer import serving
+
+    paths, ids = write_images(tmp_path, 3)
+    members = {"a": random_checkpoint(0), "b": random_checkpoint(1), "c": random_checkpoint(2, image_size=48)}
+    decodes = []
+    real = serving.preprocess_files
+    monkeypatch.setattr(serving, "preprocess_files", lambda c, *a: decodes.append(c.meta.image_size) or real(c, *a))
+    predict_files(EnsembleModel(members, np.full((3, 2), 1 / 3)), paths, ids)
+    assert sorted(decodes) == [32, 48]
