@@ -3,6 +3,7 @@
 from pathlib import Path
 from typing import Annotated, Optional
 
+import mlflow
 import pandas as pd
 from zenml import log_metadata, step
 from zenml.logger import get_logger
@@ -17,7 +18,7 @@ from steps.registry.lifecycle import served_model
 logger = get_logger(__name__)
 
 
-@step(enable_cache=False, cache_policy=core_cache_policy("cxr.infer.batch"))
+@step(experiment_tracker=True, enable_cache=False, cache_policy=core_cache_policy("cxr.infer.batch"))
 def batch_predict(images: ImageSet, model_uri: str, output_path: str, sample_submission: Optional[str] = None,
                   views: list[str] = ["original"], chunk_size: int = 1024,
                   batch_size: int = 64) -> Annotated[dict, "inference_summary"]:
@@ -25,6 +26,7 @@ def batch_predict(images: ImageSet, model_uri: str, output_path: str, sample_sub
     such as ``models:/cxr-pneumonia@champion`` or a version ``models:/cxr-pneumonia/3``),
     ``chunk_size`` files at a time, appending rows to ``output_path``; then reorder to
     ``sample_submission`` when given. YAML: ``parameters.*`` of the inference pipeline.
+    The experiment tracker points MLflow at the stack's registry and records the run.
     """
     model = served_model(model_uri)
     output = resolve_path(output_path)
@@ -36,4 +38,5 @@ def batch_predict(images: ImageSet, model_uri: str, output_path: str, sample_sub
     summary = {"model_uri": model_uri, "rows": rows, "path": str(Path(output).resolve()),
                "labels": list(pd.read_csv(output, nrows=0).columns[1:]), "views": list(views)}
     log_metadata(summary)
+    mlflow.log_params({"model_uri": model_uri, "views": ",".join(views), "rows": rows})
     return summary

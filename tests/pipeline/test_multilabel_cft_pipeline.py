@@ -118,6 +118,7 @@ def test_inference_pipeline_streams_new_images_through_the_champion(tmp_path: Pa
         "data": {"source": "images", "path": str(nih_data / "images"), "label_names": FINDINGS},
         "registered_model_name": "cxr-nih-test", "output_path": str(tmp_path / "pred.csv"), "chunk_size": 16,
     }}))
+    mlflow.set_tracking_uri("")  # as in a fresh process: the step must find the stack's registry itself
     run = cli.infer(str(config), "nih-infer")
     assert str(run.status.value) == "completed"
     written = pd.read_csv(tmp_path / "pred.csv")
