@@ -182,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_stack()
         mlflow.set_tracking_uri(tracking_uri())
-        restored, demoted = rollback(mlflow.MlflowClient(), args.name)
+        try:
+            restored, demoted = rollback(mlflow.MlflowClient(), args.name)
+        except ValueError as error:
+            print(f"rollback refused: {error}", file=sys.stderr)
+            return 1
         print(f"{args.name}: champion is version {restored} again; version {demoted} is now challenger")
     elif args.command == "predict":
         predict(args.target, args.checkpoint, args.artifact, args.tta, args.gradcam, args.top, args.csv)
