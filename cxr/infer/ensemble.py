@@ -51,8 +51,13 @@ class Ensemble:
 
     def combine(self, predictions: dict[str, np.ndarray]) -> np.ndarray:
         """(N, L) weighted average of the kept members' (N, L) probabilities."""
-        stacked = np.stack([to_ranks(predictions[m]) if self.rank else predictions[m] for m in self.members])
-        return np.einsum("mnl,ml->nl", stacked, self.weights)
+        return weighted_average([to_ranks(predictions[m]) if self.rank else predictions[m] for m in self.members],
+                                self.weights)
+
+
+def weighted_average(predictions: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """(N, L) average of M (N, L) predictions with per-label (M, L) weights."""
+    return np.einsum("mnl,ml->nl", np.stack(predictions), weights)
 
 
 def to_ranks(probs: np.ndarray) -> np.ndarray:
@@ -140,7 +145,7 @@ class EnsembleModel:
 
     def combine(self, predictions: list[np.ndarray]) -> np.ndarray:
         """(N, L) weighted average of the members' (N, L) probabilities, in member order."""
-        return np.einsum("mnl,ml->nl", np.stack(predictions), self.weights)
+        return weighted_average(predictions, self.weights)
 
 
 def save_ensemble_model(model: EnsembleModel, folder: str | Path) -> Path:

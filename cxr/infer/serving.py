@@ -32,6 +32,11 @@ def preprocess_files(checkpoint: Checkpoint, paths: Sequence[str], ids: Sequence
 ServedModel = Checkpoint | EnsembleModel
 
 
+def served_labels(model: ServedModel) -> list[str]:
+    """The label columns a checkpoint or an ensemble predicts, in order."""
+    return model.label_names if isinstance(model, EnsembleModel) else list(model.meta.label_names)
+
+
 def predict_files(model: ServedModel, paths: Sequence[str], ids: Sequence[str] | None = None,
                   views: Sequence[str] = ("original",), batch_size: int = 64,
                   device: str = "auto") -> pd.DataFrame:

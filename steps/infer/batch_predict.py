@@ -11,6 +11,7 @@ from zenml.logger import get_logger
 from cxr.data.imageset import ImageSet
 from cxr.data.ingest import resolve_path
 from cxr.infer.batch import predict_chunks, write_predictions
+from cxr.infer.serving import served_labels
 from cxr.infer.submission import make_submission, write_submission
 from steps.caching import core_cache_policy
 from steps.registry.lifecycle import served_model
@@ -36,7 +37,7 @@ def batch_predict(images: ImageSet, model_uri: str, output_path: str, sample_sub
                                           str(resolve_path(sample_submission))), output)
     logger.info("wrote %d predictions from %s to %s", rows, model_uri, Path(output).resolve())
     summary = {"model_uri": model_uri, "rows": rows, "path": str(Path(output).resolve()),
-               "labels": list(pd.read_csv(output, nrows=0).columns[1:]), "views": list(views)}
+               "labels": served_labels(model), "views": list(views)}
     log_metadata(summary)
     mlflow.log_params({"model_uri": model_uri, "views": ",".join(views), "rows": rows})
     return summary

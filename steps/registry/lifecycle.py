@@ -23,7 +23,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from cxr.data.imageset import ImageSet
 from cxr.infer.ensemble import EnsembleModel, save_ensemble_model
-from cxr.infer.serving import ServedModel
+from cxr.infer.serving import ServedModel, served_labels
 from cxr.lifecycle.promotion import PromotionConfig, PromotionDecision, decide
 from cxr.models.checkpoint import Checkpoint, save_checkpoint
 
@@ -49,12 +49,11 @@ def log_served_model(model: ServedModel, name: str, tags: dict[str, str] | None 
     under the active MLflow run, register it as a new version of ``name`` with ``tags``;
     returns the version."""
     ensemble = isinstance(model, EnsembleModel)
-    labels = model.label_names if ensemble else list(model.meta.label_names)
     with tempfile.TemporaryDirectory() as tmp:
         save_ensemble_model(model, tmp) if ensemble else save_checkpoint(model, tmp)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_FILE), artifacts={"ensemble" if ensemble else "checkpoint": tmp},
-            code_paths=[str(CORE_DIR)], registered_model_name=name, signature=served_signature(labels),
+            code_paths=[str(CORE_DIR)], registered_model_name=name, signature=served_signature(served_labels(model)),
             pip_requirements=[f"{p}=={package_version(p)}" for p in SERVING_PACKAGES])
     version = int(info.registered_model_version)
     client = MlflowClient()

@@ -3,15 +3,12 @@
 from typing import Annotated, List
 
 import numpy as np
-from zenml import get_step_context, log_metadata, step
-from zenml.logger import get_logger
+from zenml import step
 
 from cxr.infer.ensemble import EnsembleModel
 from cxr.models.checkpoint import Checkpoint
 from steps.caching import core_cache_policy
-from steps.registry.lifecycle import log_served_model
-
-logger = get_logger(__name__)
+from steps.registry.register_model import register_served
 
 
 @step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.infer.serving"))
@@ -25,12 +22,6 @@ def register_ensemble(names: List[str], checkpoints: List[Checkpoint], ensemble_
     kept = ensemble_weights["members"]
     model = EnsembleModel({m: by_name[m] for m in kept}, np.asarray(ensemble_weights["weights"]),
                           ensemble_weights["weighting"])
-    run = get_step_context().pipeline_run
-    tags = {f"val_{k}": f"{v:.6f}" for k, v in val_metrics.items()}
-    tags |= {"zenml_run_id": str(run.id), "zenml_run_name": run.name, "ensemble_members": ",".join(kept),
-             "backbone": "+".join(by_name[m].meta.model.backbone for m in kept),
-             "weighting": model.weighting, "labels": ",".join(model.label_names)}
-    version = log_served_model(model, registered_model_name, tags)
-    logger.info("registered ensemble of %s as %s version %d", kept, registered_model_name, version)
-    log_metadata({"registered_model_name": registered_model_name, "model_version": version, "members": kept})
-    return version
+    return register_served(model, val_metrics, registered_model_name,
+                           {"ensemble_members": ",".join(kept), "weighting": model.weighting,
+                            "backbone": "+".join(by_name[m].meta.model.backbone for m in kept)})

@@ -5,6 +5,7 @@ from typing import Annotated
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
+from cxr.infer.serving import ServedModel, served_labels
 from cxr.models.checkpoint import Checkpoint
 from steps.caching import core_cache_policy
 from steps.registry.lifecycle import log_served_model
@@ -21,12 +22,18 @@ def register_model(checkpoint: Checkpoint, val_metrics: dict,
     Cached like any step: a re-run with the same checkpoint adds no duplicate version.
     YAML: ``parameters.registered_model_name``.
     """
+    meta = checkpoint.meta
+    return register_served(checkpoint, val_metrics, registered_model_name,
+                           {"backbone": meta.model.backbone, "image_size": str(meta.image_size)})
+
+
+def register_served(model: ServedModel, val_metrics: dict, name: str, tags: dict[str, str]) -> int:
+    """Register ``model`` as a new version of ``name``, tagged with ``tags`` plus its val
+    metrics, labels and this ZenML run; returns the version."""
     run = get_step_context().pipeline_run
-    tags = {f"val_{k}": f"{v:.6f}" for k, v in val_metrics.items()}
-    tags |= {"zenml_run_id": str(run.id), "zenml_run_name": run.name, "backbone": checkpoint.meta.model.backbone,
-             "labels": ",".join(checkpoint.meta.label_names), "image_size": str(checkpoint.meta.image_size)}
-    model_version = log_served_model(checkpoint, registered_model_name, tags)
-    logger.info("registered %s version %d (val mean AUC %.4f)", registered_model_name, model_version,
-                val_metrics.get("mean_auc", float("nan")))
-    log_metadata({"registered_model_name": registered_model_name, "model_version": model_version})
-    return model_version
+    tags = tags | {f"val_{k}": f"{v:.6f}" for k, v in val_metrics.items()}
+    tags |= {"zenml_run_id": str(run.id), "zenml_run_name": run.name, "labels": ",".join(served_labels(model))}
+    version = log_served_model(model, name, tags)
+    logger.info("registered %s version %d (val mean AUC %.4f)", name, version, val_metrics.get("mean_auc", float("nan")))
+    log_metadata({"registered_model_name": name, "model_version": version})
+    return version
