@@ -7,12 +7,11 @@ from zenml.logger import get_logger
 
 from cxr.data.imageset import ImageSet
 from cxr.data.ingest import IngestConfig, read_source
-from steps.caching import core_cache_policy
 
 logger = get_logger(__name__)
 
 
-@step(enable_cache=False, cache_policy=core_cache_policy("cxr.data.ingest"))
+@step(enable_cache=False)
 def ingest(source: IngestConfig) -> Annotated[ImageSet, "images"]:
     """List the images and labels of ``source`` and check every file exists and is non-empty.
 

@@ -13,13 +13,12 @@ from cxr.data.ingest import resolve_path
 from cxr.infer.batch import predict_chunks, write_predictions
 from cxr.infer.serving import served_labels
 from cxr.infer.submission import make_submission, write_submission
-from steps.caching import core_cache_policy
 from steps.registry.lifecycle import served_model
 
 logger = get_logger(__name__)
 
 
-@step(experiment_tracker=True, enable_cache=False, cache_policy=core_cache_policy("cxr.infer.batch"))
+@step(experiment_tracker=True, enable_cache=False)
 def batch_predict(images: ImageSet, model_uri: str, output_path: str, sample_submission: Optional[str] = None,
                   views: list[str] = ["original"], chunk_size: int = 1024,
                   batch_size: int = 64) -> Annotated[dict, "inference_summary"]:

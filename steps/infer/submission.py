@@ -8,12 +8,11 @@ from zenml.logger import get_logger
 
 from cxr.data.ingest import resolve_path
 from cxr.infer.submission import make_submission, write_submission
-from steps.caching import core_cache_policy
 
 logger = get_logger(__name__)
 
 
-@step(enable_cache=False, cache_policy=core_cache_policy("cxr.infer.submission"))
+@step(enable_cache=False)
 def submission(predictions: pd.DataFrame, sample_submission: Optional[str] = None,
                output_path: str = "outputs/submission.csv") -> Annotated[pd.DataFrame, "submission"]:
     """Order and name the columns like ``sample_submission`` (if given) and write the CSV.

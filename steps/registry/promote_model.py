@@ -9,13 +9,12 @@ from zenml.logger import get_logger
 
 from cxr.data.imageset import ImageSet
 from cxr.lifecycle.promotion import PromotionConfig
-from steps.caching import core_cache_policy
 from steps.registry.lifecycle import CHAMPION, promote
 
 logger = get_logger(__name__)
 
 
-@step(experiment_tracker=True, enable_cache=False, cache_policy=core_cache_policy("cxr.lifecycle.promotion"))
+@step(experiment_tracker=True, enable_cache=False)
 def promote_model(model_version: int, images: ImageSet, registered_model_name: str,
                   cfg: PromotionConfig) -> Annotated[dict, "promotion"]:
     """Score the new version and the ``champion`` alias on the same val images (as served) and
