@@ -6,6 +6,7 @@ from zenml import pipeline
 
 import materializers  # noqa: F401  (registers the ImageSet materializer)
 from cxr.data.ingest import IngestConfig
+from cxr.lifecycle import DEFAULT_MODEL_NAME
 from steps.data import ingest
 from steps.infer import batch_predict
 
@@ -13,7 +14,7 @@ from steps.infer import batch_predict
 @pipeline
 def inference_pipeline(
     data: IngestConfig,
-    registered_model_name: str = "cxr-pneumonia",
+    registered_model_name: str = DEFAULT_MODEL_NAME,
     alias: str = "champion",
     version: Optional[int] = None,
     output_path: str = "outputs/predictions.csv",
