@@ -49,7 +49,7 @@ def main() -> None:
     from zenml.client import Client
     from zenml.utils import source_utils
 
-    import run as cli
+    from pipelines import runner as cli
     from pipelines.ensemble import ensemble_pipeline
 
     source_utils.set_custom_source_root(str(REPO))

@@ -80,7 +80,7 @@ def main() -> None:
 
     import mlflow
 
-    import run as cli
+    from pipelines import runner as cli
 
     cli.setup_stack()
     mlflow.set_tracking_uri(cli.tracking_uri())

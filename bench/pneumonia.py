@@ -124,12 +124,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(Path(args.config).read_text())
 
-    import run as cli
     from cxr.data.ingest import IngestConfig, read_source
     from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
     from cxr.models.classifier import ModelConfig
     from cxr.train.config import TrainConfig
     from cxr.train.loop import fit
+    from pipelines import runner as cli
 
     params = base["parameters"]
     preprocess_cfg = PreprocessConfig(**params["preprocess"])

@@ -118,8 +118,9 @@ def promote(client: MlflowClient, name: str, version: int, val: ImageSet,
     return apply_decision(client, name, version, decision), decision, None if champion is None else int(champion.version)
 
 
-def rollback(client: MlflowClient, name: str) -> tuple[int, int]:
-    """Give ``champion`` back to the ``previous_champion`` version; returns (restored, demoted)."""
+def rollback(client: MlflowClient, name: str) -> tuple[int, int | None]:
+    """Give ``champion`` back to the ``previous_champion`` version; returns (restored, demoted),
+    demoted None when no version held ``champion`` (e.g. its alias or version was deleted)."""
     previous, champion = alias_version(client, name, PREVIOUS), alias_version(client, name, CHAMPION)
     if previous is None:
         raise ValueError(f"registered model {name!r} has no {PREVIOUS!r} alias: nothing to roll back to")
@@ -128,4 +129,4 @@ def rollback(client: MlflowClient, name: str) -> tuple[int, int]:
     if champion is not None:
         client.set_registered_model_alias(name, CHALLENGER, str(champion.version))
         client.set_model_version_tag(name, str(champion.version), "rolled_back", "true")
-    return int(previous.version), int(champion.version) if champion is not None else -1
+    return int(previous.version), None if champion is None else int(champion.version)

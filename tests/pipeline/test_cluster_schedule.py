@@ -99,7 +99,7 @@ def test_cpu_steps_stay_off_gpu_nodes(snapshot):
 
 
 def test_default_config_marks_the_same_gpu_steps_and_compiles_locally():
-    import run as cli
+    from pipelines import runner as cli
 
     cli.setup_stack()
     compiled, schedule = compile_config(REPO_ROOT / "zenml_config.yaml")

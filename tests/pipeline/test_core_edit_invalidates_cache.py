@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 RUN_AND_REPORT = """
 import json, sys
-import run as cli
+from pipelines import runner as cli
 from zenml.client import Client
 result = cli.train(sys.argv[1], sys.argv[2])
 steps = Client().get_pipeline_run(result.id).steps

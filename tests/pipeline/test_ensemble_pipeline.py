@@ -43,7 +43,7 @@ def test_members_branch_cache_ensemble_and_promotion(tmp_path: Path):
     import mlflow
     from zenml.client import Client
 
-    import run as cli
+    from pipelines import runner as cli
 
     data = write_class_tree(tmp_path / "data", n_per_class=16, size=32)
     first = cli.run_pipeline("ensemble", str(write_config(tmp_path, data, MEMBERS[:2])), "ensemble-2")

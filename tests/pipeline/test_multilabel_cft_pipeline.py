@@ -59,8 +59,9 @@ def write_config(folder: Path, data: Path, population: int) -> Path:
 
 
 def test_cft_branch_updates_only_the_last_layer_and_reruns_alone(tmp_path: Path, nih_data: Path):
-    import run as cli
     from zenml.client import Client
+
+    from pipelines import runner as cli
 
     data = nih_data
     first = Client().get_pipeline_run(cli.train(str(write_config(tmp_path, data, 8)), "nih-first").id)
@@ -90,7 +91,7 @@ def test_promotion_moves_aliases_and_mirrors_the_zenml_stage():
     import mlflow
     from zenml.client import Client
 
-    import run as cli
+    from pipelines import runner as cli
 
     client = Client()
     runs = {name: client.get_pipeline_run(name) for name in ("nih-first", "nih-second")}
@@ -109,8 +110,8 @@ def test_promotion_moves_aliases_and_mirrors_the_zenml_stage():
 def test_inference_pipeline_streams_new_images_through_the_champion(tmp_path: Path, nih_data: Path):
     import mlflow
 
-    import run as cli
     from cxr.infer.serving import predict_files
+    from pipelines import runner as cli
     from steps.registry.lifecycle import served_model
 
     config = tmp_path / "infer.yaml"

@@ -33,8 +33,9 @@ def write_config(folder: Path, data: Path, lr: float) -> Path:
 
 
 def test_ssl_branch_runs_and_stays_cached_when_only_finetune_changes(tmp_path: Path):
-    import run as cli
     from zenml.client import Client
+
+    from pipelines import runner as cli
 
     data = write_class_tree(tmp_path / "data", n_per_class=16, size=32)
     first = Client().get_pipeline_run(cli.train(str(write_config(tmp_path, data, 1e-3)), "ssl-first").id)

@@ -59,8 +59,9 @@ def statuses(run) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def runs(mini_kermany: Path, tmp_path_factory):
     """Three runs: fresh; the fine-tune lr changed; the same again (all cached)."""
-    import run as cli
     from zenml.client import Client
+
+    from pipelines import runner as cli
 
     folder = tmp_path_factory.mktemp("runs")
     first = cli.train(str(write_config(folder, mini_kermany, 1e-3)), "first")
@@ -130,8 +131,8 @@ def test_registered_versions_load_through_the_core(runs, mini_kermany):
     import mlflow
     from mlflow import MlflowClient
 
-    import run as cli
     from cxr.infer.serving import predict_files
+    from pipelines import runner as cli
 
     _, (first, second, _) = runs
     mlflow.set_tracking_uri(cli.tracking_uri())

@@ -1,0 +1,147 @@
+"""What the CLI, tests and benches call: the local stack, pipeline runs, the registry's aliases,
+and checkpoint predictions.
+
+zenml and mlflow are imported inside the functions (``import zenml`` costs seconds), so
+importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from datetime import datetime
+from pathlib import Path
+
+os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STACK = "cxr_local"
+TRACKER = "cxr_mlflow_tracker"
+REGISTRY = "cxr_mlflow_registry"
+PIPELINES = {"train": ("pipelines.training", "training_pipeline"),
+             "ensemble": ("pipelines.ensemble", "ensemble_pipeline"),
+             "infer": ("pipelines.inference", "inference_pipeline")}
+
+
+def setup_stack(activate: bool = True) -> str:
+    """Create (once) the local stack: default orchestrator and artifact store, MLflow experiment
+    tracker and model registry on a SQLite backend in the artifact store. Returns its name."""
+    from zenml.client import Client
+    from zenml.enums import StackComponentType as T
+
+    client = Client()
+    existing = {c.name for c in client.list_stack_components(size=1000).items}
+    for name, kind in ((TRACKER, T.EXPERIMENT_TRACKER), (REGISTRY, T.MODEL_REGISTRY)):
+        if name not in existing:
+            client.create_stack_component(name=name, flavor="mlflow", component_type=kind, configuration={})
+    if STACK not in {s.name for s in client.list_stacks(size=1000).items}:
+        default = client.get_stack("default")
+        client.create_stack(STACK, components={
+            T.ORCHESTRATOR: default.components[T.ORCHESTRATOR][0].name,
+            T.ARTIFACT_STORE: default.components[T.ARTIFACT_STORE][0].name,
+            T.EXPERIMENT_TRACKER: TRACKER, T.MODEL_REGISTRY: REGISTRY})
+    if activate and client.active_stack_model.name != STACK:
+        client.activate_stack(STACK)
+    return STACK
+
+
+def tracking_uri() -> str:
+    """The MLflow tracking URI of the active stack's experiment tracker."""
+    from zenml.client import Client
+
+    return Client().active_stack.experiment_tracker.get_tracking_uri()
+
+
+def run_pipeline(command: str, config: str, run_name: str | None = None):
+    """Run the pipeline behind ``command`` (train, ensemble, infer) with a YAML config; returns
+    the pipeline run.
+
+    The source root is pinned to the repository root, so step sources and the core files that
+    cache keys hash resolve the same way from any caller (CLI, pytest, notebooks).
+    """
+    from zenml.utils import source_utils
+
+    module, attribute = PIPELINES[command]
+    pipeline = getattr(importlib.import_module(module), attribute)
+    source_utils.set_custom_source_root(str(REPO_ROOT))
+    setup_stack()
+    name = run_name or f"{command}-{os.path.splitext(os.path.basename(config))[0]}-{datetime.now():%Y%m%d-%H%M%S}"
+    return pipeline.with_options(config_path=config, run_name=name)()
+
+
+def train(config: str, run_name: str | None = None):
+    """Run the training pipeline with a YAML config; returns the pipeline run."""
+    return run_pipeline("train", config, run_name)
+
+
+def infer(config: str, run_name: str | None = None):
+    """Run the inference pipeline with a YAML config; returns the pipeline run."""
+    return run_pipeline("infer", config, run_name)
+
+
+def info() -> str:
+    """The stack, its MLflow tracking URI and the latest pipeline run, as printed by ``run.py info``."""
+    from zenml.client import Client
+
+    setup_stack()
+    runs = Client().list_pipeline_runs(sort_by="desc:created", size=1).items
+    latest = f"latest run: {runs[0].name} ({runs[0].status})" if runs else "no runs yet"
+    return f"stack: {STACK}\nMLflow tracking URI: {tracking_uri()}\n{latest}"
+
+
+def rollback(name: str) -> tuple[int, int | None]:
+    """Give ``name``'s champion alias back to its previous champion on the local stack's registry;
+    returns (restored, demoted or None). Raises ValueError when there is nothing to roll back to."""
+    import mlflow
+
+    from steps.registry.lifecycle import rollback as rollback_aliases
+
+    setup_stack()
+    mlflow.set_tracking_uri(tracking_uri())
+    return rollback_aliases(mlflow.MlflowClient(), name)
+
+
+def load_model(checkpoint_dir: str | None, artifact: str):
+    """A checkpoint folder (model.safetensors + meta.json), else the latest ZenML artifact ``artifact``."""
+    from cxr.models.checkpoint import load_checkpoint
+
+    if checkpoint_dir:
+        return load_checkpoint(checkpoint_dir)
+    from zenml.client import Client
+
+    import materializers  # noqa: F401  (registers the Checkpoint materializer)
+
+    setup_stack()
+    return Client().get_artifact_version(artifact).load()
+
+
+def predict(target: str, checkpoint_dir: str | None, artifact: str, tta: bool, gradcam: str | None, top: int,
+            csv: str | None):
+    """Per-finding probabilities of one image or every image in a folder; optional Grad-CAM PNGs."""
+    import pandas as pd
+
+    from cxr.data.sources import list_images
+    from cxr.infer.explain import write_overlays
+    from cxr.infer.serving import preprocess_files
+    from cxr.infer.tta import REFERENCE_VIEWS, predict_imageset
+
+    path = Path(target)
+    if not path.exists():
+        raise FileNotFoundError(f"no image or folder at {path}")
+    files = list_images(path) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"no images (.png, .jpg, ...) in {path}")
+    checkpoint = load_model(checkpoint_dir, artifact)
+    images = preprocess_files(checkpoint, [str(f) for f in files], [f.name for f in files])
+    probs = predict_imageset(checkpoint, images, REFERENCE_VIEWS if tta else ("original",))
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        print(probs.set_index("id").T.round(4).to_string() if len(files) == 1 else probs.round(4).to_string(index=False))
+    if csv:
+        probs.to_csv(csv, index=False)
+    if gradcam:
+        values = probs[list(checkpoint.meta.label_names)].to_numpy()
+        for i, name in enumerate(images.ids):
+            out = write_overlays(checkpoint, images.images[i], values[i], Path(gradcam) / f"{Path(name).stem}_gradcam.png",
+                                 top)
+            print(f"Grad-CAM: {out}")
