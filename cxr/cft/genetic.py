@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from cxr.cft.fitness import population_auc, population_fitness, population_logits
-from cxr.infer.predict import resolve_device
+from cxr.runtime import resolve_device
 
 Evaluator = Callable[[torch.Tensor], torch.Tensor]
 

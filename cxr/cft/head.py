@@ -11,8 +11,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from cxr.infer.predict import resolve_device, to_input
 from cxr.models.checkpoint import Checkpoint
+from cxr.runtime import resolve_device, to_input
 
 FC_WEIGHT = "head.fc.weight"
 FC_BIAS = "head.fc.bias"

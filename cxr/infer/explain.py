@@ -12,8 +12,8 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from cxr.infer.predict import resolve_device, to_input
 from cxr.models.checkpoint import Checkpoint
+from cxr.runtime import resolve_device, to_input
 
 
 def gradcam_maps(checkpoint: Checkpoint, image: np.ndarray, labels: list[int], device: str = "auto") -> np.ndarray:

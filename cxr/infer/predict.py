@@ -8,24 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr.runtime import resolve_device, to_input
+
 View = Callable[[torch.Tensor], torch.Tensor]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def to_input(batch: np.ndarray | torch.Tensor, mean: float, std: float,
-             device: torch.device) -> torch.Tensor:
-    """uint8 (B, H, W) to normalised float (B, 1, H, W) on ``device``.
-
-    The uint8 batch travels to the device first (4x less to copy), then is converted there.
-    """
-    x = torch.as_tensor(batch).to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
-    return x.sub_(mean).div_(std)
 
 
 def predict_proba(model: nn.Module, images: np.ndarray, mean: float, std: float,

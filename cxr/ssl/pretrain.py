@@ -20,12 +20,11 @@ from lightly.utils.debug import std_of_l2_normalized
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from cxr.infer.predict import resolve_device
 from cxr.models.backbones import create_backbone, feature_dim
 from cxr.models.checkpoint import BackboneCheckpoint, BackboneMeta
+from cxr.runtime import deterministic, image_stats, resolve_device
 from cxr.ssl.methods import create_ssl_method
 from cxr.ssl.transforms import SSLAugmentConfig, ssl_view
-from cxr.train.loop import deterministic, image_stats
 
 SSLMethodName = Literal["simsiam", "moco", "simclr", "byol", "swav"]
 

@@ -15,11 +15,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cxr.data.imageset import ImageSet
-from cxr.infer.predict import resolve_device, to_input
 from cxr.metrics.classification import mean_auc
 from cxr.models.backbones import create_backbone
 from cxr.models.checkpoint import BackboneCheckpoint
 from cxr.models.heads import global_avg_pool
+from cxr.runtime import resolve_device, to_input
 
 
 @torch.inference_mode()

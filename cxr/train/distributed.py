@@ -22,9 +22,9 @@ import pandas as pd
 from accelerate import Accelerator
 
 from cxr.data.imageset import ImageSet
-from cxr.infer.predict import resolve_device
 from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint, load_checkpoint, save_checkpoint
 from cxr.models.classifier import ModelConfig
+from cxr.runtime import resolve_device
 from cxr.train.config import TrainConfig
 from cxr.train.loop import FitResult, check_fit_inputs, fit
 

@@ -9,9 +9,7 @@ trains on its stride of the epoch order through DDP and predicts its share of va
 from __future__ import annotations
 
 import math
-import random
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -26,11 +24,12 @@ from tqdm.auto import tqdm
 from cxr.data.imageset import ImageSet
 from cxr.data.split import check_val_classes
 from cxr.errors import DataError
-from cxr.infer.predict import predict_proba, resolve_device
+from cxr.infer.predict import predict_proba
 from cxr.metrics.classification import mean_auc
 from cxr.models.backbones import channels_last_if_cuda
 from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint, CheckpointMeta, cpu_state
 from cxr.models.classifier import Classifier, ModelConfig
+from cxr.runtime import deterministic, image_stats, resolve_device
 from cxr.train.augment import augment_batch
 from cxr.train.config import TrainConfig
 from cxr.train.losses import MaskedBCELoss, create_loss
@@ -44,28 +43,6 @@ class FitResult:
 
     checkpoint: Checkpoint
     history: pd.DataFrame
-
-
-def image_stats(images: np.ndarray, max_images: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Pixel mean and std of (a seeded sample of) the training images, on the [0, 1] scale."""
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(images), min(len(images), max_images), replace=False)
-    sample = images[np.sort(pick)].astype(np.float32) / 255.0
-    return float(sample.mean()), float(max(sample.std(), 1e-3))
-
-
-@contextmanager
-def deterministic(seed: int) -> Iterator[None]:
-    """Seed python/numpy/torch and use deterministic kernels for the block."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
 
 
 def check_fit_inputs(train: ImageSet, val: ImageSet) -> None:
