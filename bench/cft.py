@@ -15,17 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxr.cft.genetic import CFTConfig, category_finetune, evolve, vectorised_evaluator  # noqa: E402
+from cxr.cft.genetic import CFTConfig, category_finetune, evolve, vectorised_evaluator
 
 
 def planted_rule(dim: int, categories: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

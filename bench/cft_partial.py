@@ -15,26 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxr.cft.genetic import CFTConfig, category_finetune  # noqa: E402
-from cxr.cft.head import last_layer, penultimate_features, with_last_layer  # noqa: E402
-from cxr.data.imageset import ImageSet  # noqa: E402
-from cxr.data.ingest import IngestConfig, read_source  # noqa: E402
-from cxr.data.preprocess import PreprocessConfig, preprocess_imageset  # noqa: E402
-from cxr.data.split import SplitConfig, split_train_val  # noqa: E402
-from cxr.infer.predict import predict_proba  # noqa: E402
-from cxr.metrics.classification import mean_auc  # noqa: E402
-from cxr.models.checkpoint import Checkpoint  # noqa: E402
-from cxr.models.classifier import ModelConfig  # noqa: E402
-from cxr.train.config import TrainConfig  # noqa: E402
-from cxr.train.loop import fit  # noqa: E402
+from cxr.cft.genetic import CFTConfig, category_finetune
+from cxr.cft.head import last_layer, penultimate_features, with_last_layer
+from cxr.data.imageset import ImageSet
+from cxr.data.ingest import IngestConfig, read_source
+from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
+from cxr.data.split import SplitConfig, split_train_val
+from cxr.infer.predict import predict_proba
+from cxr.metrics.classification import mean_auc
+from cxr.models.checkpoint import Checkpoint
+from cxr.models.classifier import ModelConfig
+from cxr.train.config import TrainConfig
+from cxr.train.loop import fit
 
 NIH1000 = IngestConfig(source="nih", path="{data_dir}/nih1000-64/labels.csv", image_dir="{data_dir}/nih1000-64/images")
 

@@ -16,18 +16,15 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench.temp_home import fresh_home  # noqa: E402
+import numpy as np
+import yaml
 
-HOME = fresh_home("cxr-ensemble-")
+from pipelines import runner as cli
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+HOME = cli.fresh_home("cxr-ensemble-")
 
 
 def seconds(run, name: str) -> float:
@@ -38,7 +35,7 @@ def seconds(run, name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--config", default=str(REPO / "configs" / "ensemble.yaml"))
+    parser.add_argument("--config", default=str(cli.REPO_ROOT / "configs" / "ensemble.yaml"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load(Path(args.config).read_text())
@@ -47,15 +44,9 @@ def main() -> None:
     path.write_text(yaml.safe_dump(config))
 
     from zenml.client import Client
-    from zenml.utils import source_utils
 
-    from pipelines import runner as cli
-    from pipelines.ensemble import ensemble_pipeline
-
-    source_utils.set_custom_source_root(str(REPO))
-    cli.setup_stack()
     started = time.perf_counter()
-    run = Client().get_pipeline_run(ensemble_pipeline.with_options(config_path=str(path), run_name="bench")().id)
+    run = Client().get_pipeline_run(cli.run_pipeline("ensemble", str(path), "bench").id)
     wall = time.perf_counter() - started
     report = run.steps["ensemble_predictions"].outputs["ensemble_report"][0].load()
     for member in config["parameters"]["members"]:

@@ -14,21 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 from skimage.feature import graycomatrix, graycoprops
 from skimage.measure import shannon_entropy
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxr.data.ingest import IngestConfig, read_source  # noqa: E402
-from cxr.data.preprocess import PreprocessConfig, preprocess_imageset  # noqa: E402
-from cxr.features.handcrafted import handcrafted_features  # noqa: E402
-from cxr.features.pairs import SEARCHES, nearest_neighbours  # noqa: E402
+from cxr.data.ingest import IngestConfig, read_source
+from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
+from cxr.features.handcrafted import handcrafted_features
+from cxr.features.pairs import SEARCHES, nearest_neighbours
 
 
 def reference_features(image: np.ndarray) -> list[float]:

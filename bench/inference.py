@@ -14,22 +14,21 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxr.data.imageset import ImageSet, make_manifest  # noqa: E402
-from cxr.data.ingest import resolve_path  # noqa: E402
-from cxr.data.sources import list_images  # noqa: E402
-from cxr.infer.batch import predict_chunks, write_predictions  # noqa: E402
-from cxr.infer.ensemble import EnsembleModel  # noqa: E402
-from cxr.infer.serving import serving_preprocess  # noqa: E402
-from cxr.infer.tta import REFERENCE_VIEWS  # noqa: E402
+from cxr.data.imageset import ImageSet, make_manifest
+from cxr.data.ingest import resolve_path
+from cxr.data.sources import list_images
+from cxr.infer.batch import predict_chunks, write_predictions
+from cxr.infer.ensemble import EnsembleModel
+from cxr.infer.serving import serving_preprocess
+from cxr.infer.tta import REFERENCE_VIEWS
+from cxr.lifecycle import DEFAULT_MODEL_NAME
+from pipelines import runner as cli
 
 
 def describe(model) -> dict:
@@ -71,7 +70,7 @@ def throughput(model, images: ImageSet, views, chunk_size: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-uri", default="models:/cxr-pneumonia@champion")
+    parser.add_argument("--model-uri", default=f"models:/{DEFAULT_MODEL_NAME}@champion")
     parser.add_argument("--images", default="{data_dir}/kermany-pneumonia-224/test/images")
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--speed-count", type=int, default=600, help="images timed for the TTA/single ratio")
@@ -79,8 +78,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import mlflow
-
-    from pipelines import runner as cli
 
     cli.setup_stack()
     mlflow.set_tracking_uri(cli.tracking_uri())

@@ -17,28 +17,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxr.data.imageset import ImageSet  # noqa: E402
-from cxr.data.ingest import IngestConfig, read_source, resolve_path  # noqa: E402
-from cxr.data.preprocess import PreprocessConfig, preprocess_imageset  # noqa: E402
-from cxr.data.split import SplitConfig, split_train_val  # noqa: E402
-from cxr.features.handcrafted import fit_feature_table, handcrafted_features  # noqa: E402
-from cxr.features.pairs import nearest_neighbours  # noqa: E402
-from cxr.infer.submission import make_submission, write_submission  # noqa: E402
-from cxr.infer.tta import predict_imageset  # noqa: E402
-from cxr.models.classifier import ModelConfig  # noqa: E402
-from cxr.ssl.pretrain import SSLConfig, pretrain  # noqa: E402
-from cxr.ssl.probe import probe  # noqa: E402
-from cxr.train.config import TrainConfig  # noqa: E402
-from cxr.train.loop import fit  # noqa: E402
+from cxr.data.imageset import ImageSet
+from cxr.data.ingest import IngestConfig, read_source, resolve_path
+from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
+from cxr.data.split import SplitConfig, split_train_val
+from cxr.features.handcrafted import fit_feature_table, handcrafted_features
+from cxr.features.pairs import nearest_neighbours
+from cxr.infer.submission import make_submission, write_submission
+from cxr.infer.tta import predict_imageset
+from cxr.models.classifier import ModelConfig
+from cxr.ssl.pretrain import SSLConfig, pretrain
+from cxr.ssl.probe import probe
+from cxr.train.config import TrainConfig
+from cxr.train.loop import fit
 
 KERMANY = "{data_dir}/kermany-pneumonia-224"
 INITS = {"simsiam-nn": ("simsiam", "nn_pairs"), "simsiam": ("simsiam", "two_views"), "moco": ("moco", "two_views"),

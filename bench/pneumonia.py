@@ -16,19 +16,16 @@ import argparse
 import json
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench.temp_home import fresh_home  # noqa: E402
+import numpy as np
+import torch
+import yaml
 
-HOME = fresh_home("cxr-bench-")
+from pipelines import runner as cli
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
+HOME = cli.fresh_home("cxr-bench-")
 
 
 def emit(**fields) -> None:
@@ -97,7 +94,7 @@ def val_fields(run) -> dict:
                 epochs_run=len(history), backbone=meta.model.backbone, image_size=meta.image_size)
 
 
-def full_run(cli, Client, base: dict, out: Path):
+def full_run(Client, base: dict, out: Path):
     """The cold full pipeline run: per-step wall, val metrics, training speed, submission."""
     started = time.perf_counter()
     run = Client().get_pipeline_run(cli.train(str(write_config(base, out, "full")), "bench-full").id)
@@ -116,7 +113,7 @@ def full_run(cli, Client, base: dict, out: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="folder for submission.csv")
-    parser.add_argument("--config", default=str(REPO / "configs" / "full.yaml"))
+    parser.add_argument("--config", default=str(cli.REPO_ROOT / "configs" / "full.yaml"))
     parser.add_argument("--overhead-epochs", type=int, default=2)
     parser.add_argument("--no-full", action="store_true",
                         help="skip the full run: re-run, inference and overhead figures from the short run")
@@ -129,7 +126,6 @@ def main() -> None:
     from cxr.models.classifier import ModelConfig
     from cxr.train.config import TrainConfig
     from cxr.train.loop import fit
-    from pipelines import runner as cli
 
     params = base["parameters"]
     preprocess_cfg = PreprocessConfig(**params["preprocess"])
@@ -144,7 +140,7 @@ def main() -> None:
 
     full = None
     if not args.no_full:
-        full = full_run(cli, Client, base, args.out)
+        full = full_run(Client, base, args.out)
     short_config = write_config(base, args.out, "short", epochs=args.overhead_epochs)
     short = Client().get_pipeline_run(cli.train(str(short_config), "bench-short").id)
     emit(metric="val", **val_fields(short), of="short")

@@ -2,13 +2,15 @@
 and checkpoint predictions.
 
 zenml and mlflow are imported inside the functions (``import zenml`` costs seconds), so
-importing this module is cheap.
+importing this module is cheap and ``fresh_home`` can still redirect ZenML afterwards.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +24,18 @@ REGISTRY = "cxr_mlflow_registry"
 PIPELINES = {"train": ("pipelines.training", "training_pipeline"),
              "ensemble": ("pipelines.ensemble", "ensemble_pipeline"),
              "infer": ("pipelines.inference", "inference_pipeline")}
+
+
+def fresh_home(prefix: str) -> Path:
+    """Point ZenML (config and repository) at a new temporary home, offline, so a benchmark
+    measures a cold run and never touches the user's store. Call before zenml is imported."""
+    if "zenml" in sys.modules:
+        raise RuntimeError("fresh_home must be called before zenml is imported: ZenML reads its home once")
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.update(ZENML_CONFIG_PATH=str(home / "zen"), ZENML_REPOSITORY_PATH=str(home / "repo"),
+                      ZENML_ANALYTICS_OPT_IN="false", MLFLOW_DISABLE_TELEMETRY="true")
+    (home / "repo").mkdir()
+    return home
 
 
 def setup_stack(activate: bool = True) -> str:
