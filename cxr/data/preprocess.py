@@ -21,7 +21,7 @@ from cxr.features.clahe import apply_clahe
 
 
 class PreprocessConfig(BaseModel):
-    """How images are decoded, resized and equalised (``steps.preprocess`` in YAML)."""
+    """How images are decoded, resized and equalised (``parameters.preprocess`` in YAML)."""
 
     model_config = ConfigDict(extra="forbid")
 
