@@ -12,9 +12,9 @@ from cxr.cft.genetic import CFTConfig
 from cxr.data.ingest import IngestConfig
 from cxr.data.preprocess import PreprocessConfig
 from cxr.data.split import SplitConfig
+from cxr.infer.tta import REFERENCE_VIEWS
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from cxr.lifecycle.promotion import PromotionConfig
-from cxr.infer.tta import REFERENCE_VIEWS
 from cxr.models.classifier import ModelConfig
 from cxr.ssl.pretrain import SSLConfig
 from cxr.train.config import TrainConfig
