@@ -1,7 +1,10 @@
 """Shared fixtures: an isolated ZenML/MLflow home, real-data location, generated X-rays.
 
-The ZenML variables are set here, before anything imports zenml, so tests never touch a
-developer's store or ``.zen/config.yaml``.
+The ZenML and MLflow variables are set here, before anything imports zenml or mlflow, so
+tests never touch a developer's store, ``.zen/config.yaml`` or the checkout: MLflow's
+defaults (``sqlite:///mlflow.db`` and artifacts under ``./mlruns``) are relative to the
+working directory. ZenML's MLflow tracker ignores both: it reads its own tracking URI and
+puts its experiments' artifacts in the stack's artifact store.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ os.environ["ZENML_REPOSITORY_PATH"] = str(_HOME / "repo")
 os.environ["ZENML_ANALYTICS_OPT_IN"] = "false"
 os.environ["ZENML_LOGGING_VERBOSITY"] = "WARN"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_HOME / 'mlflow.db'}"
+os.environ["_MLFLOW_SERVER_ARTIFACT_ROOT"] = str(_HOME / "mlflow-artifacts")  # default artifact root of a new store
 (_HOME / "repo").mkdir(parents=True, exist_ok=True)
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from cxr.data.ingest import data_dir  # noqa: E402
+from tests.helpers import labelled_split, write_class_tree  # noqa: E402
+from tests.helpers import synthetic_xray  # noqa: E402, F401  (tests/pipeline import it from here)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,30 +46,32 @@ def real_data_dir() -> Path:
     return root
 
 
-def synthetic_xray(rng: np.random.Generator, size: int = 64, positive: bool = False) -> np.ndarray:
-    """A gray chest-like image: two dark lung fields; positives get a bright blurred opacity."""
-    image = np.full((size, size), 150, np.float32)
-    for cx in (0.32, 0.68):
-        cv2.ellipse(image, (int(cx * size), size // 2), (size // 6, size // 3), 0, 0, 360, 60, -1)
-    if positive:
-        x, y = rng.integers(size // 4, 3 * size // 4, 2)
-        cv2.circle(image, (int(x), int(y)), size // 6, 230, -1)
-    image = cv2.GaussianBlur(image, (0, 0), size / 40) + rng.normal(0, 8, image.shape)
-    return image.clip(0, 255).astype(np.uint8)
+@pytest.fixture
+def class_tree(tmp_path: Path) -> Path:
+    """A generated NORMAL/PNEUMONIA tree of 12 images each (64 px)."""
+    return write_class_tree(tmp_path / "tree")
 
 
-def write_class_tree(root: Path, n_per_class: int = 12, size: int = 64, seed: int = 0,
-                     ext: str = ".png") -> Path:
-    """NORMAL/ and PNEUMONIA/ folders of synthetic images; two images per patient."""
-    rng = np.random.default_rng(seed)
-    for name, positive in (("NORMAL", False), ("PNEUMONIA", True)):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            cv2.imwrite(str(root / name / f"patient{name[0]}{i // 2}_img{i}{ext}"),
-                        synthetic_xray(rng, size, positive))
-    return root
+@pytest.fixture(scope="module")
+def synthetic_split(tmp_path_factory) -> tuple:
+    """(train, val) of 40 generated images per class at 32 px, split by patient."""
+    return labelled_split(tmp_path_factory.mktemp("synthetic"), n_per_class=40)
 
 
 @pytest.fixture
-def class_tree(tmp_path: Path) -> Path:
-    return write_class_tree(tmp_path / "tree")
+def registry(tmp_path: Path, monkeypatch):
+    """An MlflowClient on a fresh SQLite store in ``tmp_path``, active for the test, artifacts beside it."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(leftover, raising=False)  # set by earlier ZenML runs in this process
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(uri, uri)
+    client.create_experiment("cxr-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("cxr-test")
+    yield client
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)

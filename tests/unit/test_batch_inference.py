@@ -4,40 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from cxr.data.imageset import ImageSet, make_manifest
 from cxr.infer.batch import predict_chunks, write_predictions
 from cxr.infer.ensemble import EnsembleModel, load_ensemble_model, save_ensemble_model
 from cxr.infer.serving import predict_files
-from cxr.models.checkpoint import Checkpoint, CheckpointMeta
-from cxr.models.classifier import Classifier, ModelConfig
+from tests.helpers import random_checkpoint, write_images
 
 
-def write_images(folder: Path, n: int) -> tuple[list[str], list[str]]:
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        paths.append(str(folder / f"x{i}.png"))
-        cv2.imwrite(paths[-1], rng.integers(0, 256, (40, 36), dtype=np.uint8))
-    return paths, [f"x{i}" for i in range(n)]
-
-
-def random_checkpoint(seed: int, image_size: int = 32, labels: tuple[str, ...] = ("a", "b")) -> Checkpoint:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(backbone="resnet10t")
-    return Checkpoint.from_model(Classifier(cfg, len(labels)).eval(), CheckpointMeta(
-        model=cfg, image_size=image_size, label_names=list(labels), mean=0.5, std=0.25, preprocess={"clahe": True}))
+def files(folder: Path, n: int) -> tuple[list[str], list[str]]:
+    """Paths and ids of ``n`` generated 40 px images (the checkpoints here serve 32 or 48 px)."""
+    images = write_images(folder, n, size=40)
+    return images.manifest["path"].tolist(), images.ids
 
 
 def test_chunks_match_one_shot_and_csv_has_every_row_once(tmp_path: Path):
-    paths, ids = write_images(tmp_path, 11)
+    images = write_images(tmp_path, 11, size=40)
+    paths, ids = images.manifest["path"].tolist(), images.ids
     checkpoint = random_checkpoint(0)
-    images = ImageSet(make_manifest(ids, paths), (), np.zeros((11, 0), np.float32), np.zeros((11, 0), bool))
     chunks = list(predict_chunks(checkpoint, images, chunk_size=4, progress=False))
     assert [len(c) for c in chunks] == [4, 4, 3]
     rows = write_predictions(iter(chunks), tmp_path / "out" / "p.csv")
@@ -48,7 +34,7 @@ def test_chunks_match_one_shot_and_csv_has_every_row_once(tmp_path: Path):
 
 
 def test_ensemble_model_serves_the_weighted_members_and_round_trips(tmp_path: Path):
-    paths, ids = write_images(tmp_path, 6)
+    paths, ids = files(tmp_path, 6)
     members = {"small": random_checkpoint(0, image_size=32), "large": random_checkpoint(1, image_size=48)}
     weights = np.array([[0.7, 0.2], [0.3, 0.8]])
     model = EnsembleModel(members, weights, "stack")
@@ -70,7 +56,7 @@ def test_ensemble_model_refuses_rank_averages_and_mixed_labels():
 def test_ensemble_members_trained_alike_share_one_decode(tmp_path: Path, monkeypatch):
     from cxr.infer import serving
 
-    paths, ids = write_images(tmp_path, 3)
+    paths, ids = files(tmp_path, 3)
     members = {"a": random_checkpoint(0), "b": random_checkpoint(1), "c": random_checkpoint(2, image_size=48)}
     decodes = []
     real = serving.preprocess_files

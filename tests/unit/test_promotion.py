@@ -5,18 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from cxr.data.imageset import ImageSet, make_manifest
 from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
 from cxr.lifecycle.promotion import PromotionConfig, bootstrap_auc_deltas, decide
 from cxr.models.checkpoint import Checkpoint, CheckpointMeta
 from cxr.models.classifier import Classifier, ModelConfig
-from tests.conftest import synthetic_xray
+from tests.helpers import write_images
 
 RNG = np.random.default_rng(0)
 
@@ -50,20 +48,6 @@ class TestDecision:
         assert np.all(bootstrap_auc_deltas(self.y, self.mask, self.good, self.good, 200) == 0)
 
 
-def write_images(folder: Path, n: int = 40, size: int = 32) -> ImageSet:
-    """A val set of generated images: even rows positive (bright opacity)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        paths.append(str(folder / f"img{i}.png"))
-        cv2.imwrite(paths[-1], synthetic_xray(rng, size, positive=i % 2 == 0))
-    labels = (np.arange(n) % 2 == 0).astype(np.float32)[:, None]
-    manifest = make_manifest([f"img{i}" for i in range(n)], paths)
-    manifest["split"] = "val"
-    return ImageSet(manifest, ("opacity",), labels, np.ones_like(labels, bool))
-
-
 def brightness_checkpoint(sign: float, size: int = 32) -> Checkpoint:
     """A classifier whose logit is ``sign`` x the mean of one feature channel that tracks
     brightness, so +1 ranks the opacity images high and -1 ranks them low."""
@@ -81,21 +65,6 @@ def brightness_checkpoint(sign: float, size: int = 32) -> Checkpoint:
     return Checkpoint.from_model(model, meta)
 
 
-@pytest.fixture
-def registry(tmp_path: Path, monkeypatch):
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(leftover, raising=False)  # set by earlier ZenML runs in this process
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    mlflow.set_experiment("promotion-test")
-    yield mlflow.MlflowClient(uri, uri)
-    mlflow.set_tracking_uri(None)
-
-
 def register(checkpoint: Checkpoint, name: str) -> int:
     import mlflow
 
@@ -110,7 +79,7 @@ def test_better_version_becomes_champion_worse_stays_challenger_and_rollback(tmp
     from cxr.metrics.classification import mean_auc
     from steps.registry import lifecycle
 
-    val = write_images(tmp_path / "val")
+    val = write_images(tmp_path / "val", 40)
     decoded = preprocess_imageset(val, PreprocessConfig(image_size=32, clahe=False), progress=False)
     good, bad = brightness_checkpoint(+1.0), brightness_checkpoint(-1.0)
     assert mean_auc(val.labels, predict_imageset(good, decoded, ("original",))[["opacity"]].to_numpy()) > 0.9
@@ -148,7 +117,7 @@ def test_served_version_honours_the_views_param(tmp_path: Path, registry):
 
     from cxr.infer.serving import predict_files
 
-    val = write_images(tmp_path / "val")
+    val = write_images(tmp_path / "val", 40)
     checkpoint = brightness_checkpoint(+1.0)
     version = register(checkpoint, "cxr-params-test")
     served = mlflow.pyfunc.load_model(f"models:/cxr-params-test/{version}")
