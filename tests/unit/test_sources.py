@@ -16,7 +16,7 @@ from cxr.data.sources import (read_class_folders, read_csv_table, read_image_fol
                               read_medmnist_npz)
 from cxr.data.split import SplitConfig, split_train_val
 from cxr.errors import DataError
-from tests.conftest import synthetic_xray
+from tests.helpers import synthetic_xray
 
 
 class TestClassFolders:
@@ -114,6 +114,33 @@ class TestCsvTable:
         with pytest.raises(ValueError, match="negativ_class"):
             IngestConfig(source="folders", path="x", negativ_class="NORMAL")
 
+
+    def test_real_metadata_table_with_a_path_column(self, real_data_dir: Path):
+        folder = real_data_dir / "covid-fullres" / "actualmed"
+        expected = pd.read_csv(folder / "metadata.csv", dtype=str)
+        images = read_source(IngestConfig(source="csv", path=str(folder / "metadata.csv"), image_dir=str(folder / "images"),
+                                          id_column="patientid", path_column="imagename", label_columns=[]))
+        assert images.ids == expected["patientid"].tolist() and images.label_names == ()
+        assert images.manifest["path"].tolist() == [str(folder / "images" / n) for n in expected["imagename"]]
+
+    def test_real_latin1_table_is_read_or_refused_naming_the_file_and_encoding(self, real_data_dir: Path,
+                                                                             tmp_path: Path):
+        folder = real_data_dir / "covid-fullres" / "figure1"
+        table = folder / "metadata.csv"
+        with pytest.raises(UnicodeDecodeError):
+            table.read_text(encoding="utf-8")
+        expected = pd.read_csv(table, encoding="latin-1", dtype=str, keep_default_na=False)
+        assert "Fever 38\u00b0" in " ".join(expected["notes"])
+        for image in (folder / "images").iterdir():  # file names are the ids, extensions vary
+            (tmp_path / image.stem).symlink_to(image)
+        cfg = IngestConfig(source="csv", path=str(table), image_dir=str(tmp_path), id_column="patientid",
+                           label_columns=[])
+        try:
+            images = read_source(cfg)
+        except DataError as err:
+            assert str(table) in str(err) and "encoding" in str(err).lower()
+            return
+        assert images.ids == expected["patientid"].tolist() and images.label_names == ()
 
 class TestMedMNIST:
     def test_official_keys_and_rgb_to_gray(self, tmp_path: Path):
