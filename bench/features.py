@@ -60,7 +60,7 @@ def main() -> None:
                       "batched_core_images_per_s": round(n / core_s, 1), "speedup": round(loop_s / core_s, 2)}), flush=True)
     pool = np.random.default_rng(0).normal(size=(200_000, 22))
     found = {}
-    for search in SEARCHES:
+    for search in SEARCHES.names():
         started = time.perf_counter()
         found[search] = nearest_neighbours(pool, k=1, search=search).indices[:, 0]
         print(json.dumps({"bench": "nn_pairs", "search": search, "images": len(pool), "features": 22, "k": 1,

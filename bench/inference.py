@@ -26,7 +26,7 @@ from cxr.data.sources import list_images
 from cxr.infer.batch import predict_chunks, write_predictions
 from cxr.infer.ensemble import EnsembleModel
 from cxr.infer.serving import serving_preprocess
-from cxr.infer.tta import REFERENCE_VIEWS
+from cxr.infer.tta import REFERENCE_VIEWS, SINGLE_VIEW
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from pipelines import runner as cli
 
@@ -86,7 +86,7 @@ def main() -> None:
     model = served_model(args.model_uri)
     files = list_images(resolve_path(args.images))
     small = repeated(files, args.speed_count)
-    single = throughput(model, small, ("original",), args.chunk_size)
+    single = throughput(model, small, SINGLE_VIEW, args.chunk_size)
     tta = throughput(model, small, REFERENCE_VIEWS, args.chunk_size)
     print(json.dumps({"bench": "inference", "model_uri": args.model_uri, **describe(model), "images": len(small),
                       "single_pass_images_per_s": round(single, 1), "tta_5_views_images_per_s": round(tta, 1),
@@ -95,7 +95,7 @@ def main() -> None:
     before = current_rss_mb()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = write_predictions(predict_chunks(model, repeated(files, args.count), ("original",),
+        rows = write_predictions(predict_chunks(model, repeated(files, args.count), SINGLE_VIEW,
                                                 args.chunk_size, progress=False), Path(tmp) / "predictions.csv")
     seconds = time.perf_counter() - started
     decoded_mb = args.count * sum(size ** 2 for size in decoded_sizes(model)) / 2**20

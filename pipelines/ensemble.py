@@ -12,7 +12,7 @@ from cxr.data.ingest import IngestConfig
 from cxr.data.preprocess import PreprocessConfig
 from cxr.data.split import SplitConfig
 from cxr.infer.ensemble import EnsembleConfig
-from cxr.infer.tta import REFERENCE_VIEWS
+from cxr.infer.tta import REFERENCE_VIEWS, ViewName
 from cxr.lifecycle.promotion import PromotionConfig
 from cxr.models.classifier import ModelConfig
 from cxr.train.config import TrainConfig
@@ -44,7 +44,7 @@ def ensemble_pipeline(
     split: SplitConfig = SplitConfig(),
     preprocess: PreprocessConfig = PreprocessConfig(),
     ensemble: EnsembleConfig = EnsembleConfig(),
-    tta_views: list[str] = list(REFERENCE_VIEWS),
+    tta_views: list[ViewName] = list(REFERENCE_VIEWS),
     registered_model_name: Optional[str] = None,
     promotion: Optional[PromotionConfig] = None,
 ) -> None:

@@ -6,6 +6,7 @@ from zenml import pipeline
 
 import materializers  # noqa: F401  (registers the ImageSet materializer)
 from cxr.data.ingest import IngestConfig
+from cxr.infer.tta import SINGLE_VIEW, ViewName
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from steps.data import ingest
 from steps.infer import batch_predict
@@ -19,7 +20,7 @@ def inference_pipeline(
     version: Optional[int] = None,
     output_path: str = "outputs/predictions.csv",
     sample_submission: Optional[str] = None,
-    views: list[str] = ["original"],
+    views: list[ViewName] = list(SINGLE_VIEW),
     chunk_size: int = 1024,
 ) -> None:
     """Predict a folder or table of new images with the registry's ``alias`` (or ``version``).

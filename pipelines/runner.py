@@ -138,7 +138,7 @@ def predict(target: str, checkpoint_dir: str | None, artifact: str, tta: bool, g
     from cxr.data.sources import list_images
     from cxr.infer.explain import write_overlays
     from cxr.infer.serving import preprocess_files
-    from cxr.infer.tta import REFERENCE_VIEWS, predict_imageset
+    from cxr.infer.tta import REFERENCE_VIEWS, SINGLE_VIEW, predict_imageset
 
     path = Path(target)
     if not path.exists():
@@ -148,7 +148,7 @@ def predict(target: str, checkpoint_dir: str | None, artifact: str, tta: bool, g
         raise FileNotFoundError(f"no images (.png, .jpg, ...) in {path}")
     checkpoint = load_model(checkpoint_dir, artifact)
     images = preprocess_files(checkpoint, [str(f) for f in files], [f.name for f in files])
-    probs = predict_imageset(checkpoint, images, REFERENCE_VIEWS if tta else ("original",))
+    probs = predict_imageset(checkpoint, images, REFERENCE_VIEWS if tta else SINGLE_VIEW)
     with pd.option_context("display.max_columns", None, "display.width", 200):
         print(probs.set_index("id").T.round(4).to_string() if len(files) == 1 else probs.round(4).to_string(index=False))
     if csv:

@@ -12,7 +12,7 @@ from cxr.cft.genetic import CFTConfig
 from cxr.data.ingest import IngestConfig
 from cxr.data.preprocess import PreprocessConfig
 from cxr.data.split import SplitConfig
-from cxr.infer.tta import REFERENCE_VIEWS
+from cxr.infer.tta import REFERENCE_VIEWS, ViewName
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from cxr.lifecycle.promotion import PromotionConfig
 from cxr.models.classifier import ModelConfig
@@ -36,7 +36,7 @@ def training_pipeline(
     preprocess: PreprocessConfig = PreprocessConfig(),
     model: ModelConfig = ModelConfig(),
     train: TrainConfig = TrainConfig(),
-    tta_views: list[str] = list(REFERENCE_VIEWS),
+    tta_views: list[ViewName] = list(REFERENCE_VIEWS),
     registered_model_name: str = DEFAULT_MODEL_NAME,
     ssl: Optional[SSLConfig] = None,
     cft: Optional[CFTConfig] = None,

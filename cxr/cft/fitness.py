@@ -10,11 +10,13 @@ sort at 100k rows, which is what keeps a GA generation in milliseconds.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-FITNESSES = ("average_precision", "auc", "bce")
+from cxr.registry import Registry
+
+FITNESSES = Registry("CFT fitness")
+register_fitness = FITNESSES.register
+FitnessName = FITNESSES.choice()
 
 
 def population_logits(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -32,6 +34,7 @@ def binned_counts(logits: torch.Tensor, y: torch.Tensor, bins: int) -> tuple[tor
     return counts[:, 0], counts[:, 1]
 
 
+@register_fitness("auc")
 def population_auc(logits: torch.Tensor, y: torch.Tensor, bins: int | None = None) -> torch.Tensor:
     """(P,) ROC AUC of each row of ``logits`` against binary ``y`` (N,) via the rank-sum."""
     if bins:
@@ -47,6 +50,7 @@ def population_auc(logits: torch.Tensor, y: torch.Tensor, bins: int | None = Non
     return ((ranks * y).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+@register_fitness("average_precision")
 def population_average_precision(logits: torch.Tensor, y: torch.Tensor, bins: int | None = None) -> torch.Tensor:
     """(P,) average precision (mean precision at each positive, scores descending)."""
     if bins:
@@ -60,21 +64,13 @@ def population_average_precision(logits: torch.Tensor, y: torch.Tensor, bins: in
     return (precision * hits).sum(1) / y.sum()
 
 
+@register_fitness("bce")
 def population_neg_bce(logits: torch.Tensor, y: torch.Tensor, bins: int | None = None) -> torch.Tensor:
     """(P,) negative mean binary cross-entropy (higher is better); ``bins`` does not apply."""
     return -torch.nn.functional.binary_cross_entropy_with_logits(logits, y.expand_as(logits), reduction="none").mean(1)
 
 
-POPULATION_FITNESS: dict[str, Callable[[torch.Tensor, torch.Tensor, int | None], torch.Tensor]] = {
-    "average_precision": population_average_precision,
-    "auc": population_auc,
-    "bce": population_neg_bce,
-}
-
-
 def population_fitness(name: str, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
                        bias: torch.Tensor, bins: int | None = None) -> torch.Tensor:
     """(P,) fitness ``name`` of every individual on the known rows ``x``, ``y``."""
-    if name not in POPULATION_FITNESS:
-        raise ValueError(f"unknown CFT fitness {name!r}; choose one of {FITNESSES}")
-    return POPULATION_FITNESS[name](population_logits(x, weights, bias), y, bins)
+    return FITNESSES.get(name)(population_logits(x, weights, bias), y, bins)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -20,19 +20,19 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from cxr.cft.fitness import population_auc, population_fitness, population_logits
+from cxr.cft.fitness import FitnessName, population_auc, population_fitness, population_logits
 from cxr.runtime import resolve_device
 
 Evaluator = Callable[[torch.Tensor], torch.Tensor]
 
 
 class CFTConfig(BaseModel):
-    """GA knobs (``steps.cft.parameters.cft`` in YAML)."""
+    """GA knobs (``parameters.cft`` in YAML)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    fitness: Literal["average_precision", "auc", "bce"] = Field(
-        "average_precision", description="average_precision as in the CFT reference code, auc, or bce")
+    fitness: FitnessName = Field("average_precision", description="a registered fitness: average_precision (as in "
+                                                                  "the CFT reference code), auc or bce")
     population: int = Field(32, ge=4)
     generations: int = Field(60, ge=1)
     patience: int = Field(10, ge=1, description="generations without a better val candidate before stopping")

@@ -8,14 +8,14 @@ useful range rarely spans the full 16 bits.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-
 import cv2
 import numpy as np
 
 from cxr.errors import DataError
+from cxr.registry import Registry
 
-ResizePolicy = Literal["pad", "crop"]
+RESIZE_POLICIES = Registry("resize policy")
+ResizePolicy = RESIZE_POLICIES.choice()
 _GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -60,20 +60,27 @@ def decode_gray(path: str | Path) -> np.ndarray:
     return to_gray(to_uint8(image))
 
 
-def resize_square(image: np.ndarray, size: int, policy: ResizePolicy = "pad") -> np.ndarray:
-    """Make ``image`` square (zero-pad the short side, or center-crop the long one), then resize."""
+@RESIZE_POLICIES.register("pad")
+def pad_square(image: np.ndarray) -> np.ndarray:
+    """Zero-pad the short side, centred: the whole image is kept."""
     h, w = image.shape
-    if policy == "pad":
-        side = max(h, w)
-        top, left = (side - h) // 2, (side - w) // 2
-        image = cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left,
-                                   cv2.BORDER_CONSTANT, value=0)
-    elif policy == "crop":
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        image = image[top:top + side, left:left + side]
-    else:
-        raise ValueError(f"unknown resize policy {policy!r}: use 'pad' or 'crop'")
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0)
+
+
+@RESIZE_POLICIES.register("crop")
+def crop_square(image: np.ndarray) -> np.ndarray:
+    """Center-crop the long side."""
+    h, w = image.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top:top + side, left:left + side]
+
+
+def resize_square(image: np.ndarray, size: int, policy: str = "pad") -> np.ndarray:
+    """Make ``image`` square by ``policy`` (a registered resize policy), then resize to ``size``."""
+    image = RESIZE_POLICIES.create(policy, image)
     if image.shape[0] == size:
         return np.ascontiguousarray(image)
     interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cxr.data.imageset import ImageSet
 from cxr.data.label_tables import LabelPolicy, TableFilter, read_chexpert_table, read_nih_table
 from cxr.data.sources import read_class_folders, read_csv_table, read_image_folder, read_medmnist_npz
+from cxr.registry import Registry
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
+SOURCES = Registry("data source")
+register_source = SOURCES.register
+SourceName = SOURCES.choice()
 
 
 def data_dir() -> Path:
@@ -40,7 +42,7 @@ class IngestConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["folders", "images", "csv", "medmnist", "nih", "chexpert"]
+    source: SourceName = Field(description="a registered source: folders, images, csv, nih, chexpert, medmnist")
     path: str = Field(description="class-folder root, image folder, CSV file or .npz file")
     image_dir: str | None = Field(None, description="csv, nih, chexpert: folder holding the images")
     negative_class: str | None = Field(None, description="folders: class folder with no label column")
@@ -65,18 +67,43 @@ class IngestConfig(BaseModel):
         return self
 
 
+@register_source("folders")
+def folders_source(cfg: IngestConfig) -> ImageSet:
+    """One sub-folder per class; ``negative_class`` gets no label column."""
+    return read_class_folders(resolve_path(cfg.path), cfg.negative_class, cfg.patient_id_pattern)
+
+
+@register_source("images")
+def images_source(cfg: IngestConfig) -> ImageSet:
+    """A flat, unlabelled folder (test or inference images)."""
+    return read_image_folder(resolve_path(cfg.path), cfg.label_names)
+
+
+@register_source("csv")
+def csv_source(cfg: IngestConfig) -> ImageSet:
+    """A label table plus the folder of its images."""
+    return read_csv_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), cfg.id_column, cfg.label_columns,
+                          cfg.path_column, cfg.patient_column, cfg.image_suffix)
+
+
+@register_source("nih")
+def nih_source(cfg: IngestConfig) -> ImageSet:
+    """A ChestX-ray14 ``Data_Entry`` table plus its image folder."""
+    return read_nih_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), cfg.filter)
+
+
+@register_source("chexpert")
+def chexpert_source(cfg: IngestConfig) -> ImageSet:
+    """CheXpert ``train.csv`` plus the folder its ``Path`` column is relative to."""
+    return read_chexpert_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), cfg.policy, cfg.filter)
+
+
+@register_source("medmnist")
+def medmnist_source(cfg: IngestConfig) -> ImageSet:
+    """One split of a MedMNIST ``.npz``."""
+    return read_medmnist_npz(resolve_path(cfg.path), cfg.split, cfg.label_names or None)
+
+
 def read_source(cfg: IngestConfig) -> ImageSet:
     """Read the configured source into an ImageSet (every row in split 'all')."""
-    path = resolve_path(cfg.path)
-    if cfg.source == "folders":
-        return read_class_folders(path, cfg.negative_class, cfg.patient_id_pattern)
-    if cfg.source == "images":
-        return read_image_folder(path, cfg.label_names)
-    if cfg.source == "csv":
-        return read_csv_table(path, resolve_path(cfg.image_dir), cfg.id_column, cfg.label_columns,
-                              cfg.path_column, cfg.patient_column, cfg.image_suffix)
-    if cfg.source == "nih":
-        return read_nih_table(path, resolve_path(cfg.image_dir), cfg.filter)
-    if cfg.source == "chexpert":
-        return read_chexpert_table(path, resolve_path(cfg.image_dir), cfg.policy, cfg.filter)
-    return read_medmnist_npz(path, cfg.split, cfg.label_names or None)
+    return SOURCES.create(cfg.source, cfg)

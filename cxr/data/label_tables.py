@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cxr.data.imageset import ImageSet, make_manifest
 from cxr.data.sources import check_files
 from cxr.errors import DataError, list_problems
+from cxr.registry import Registry
 
 NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
                 "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
@@ -27,6 +28,45 @@ CHEXPERT_OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomega
                          "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
                          "Pleural Other", "Fracture", "Support Devices")
 CHEXPERT_PATIENT = re.compile(r"(patient\d+)")
+UNCERTAIN_POLICIES = Registry("uncertain-label policy")
+BLANK_POLICIES = Registry("blank-label policy")
+
+
+class CellRule(NamedTuple):
+    """What a CheXpert cell becomes: its label value, and whether that label counts as known."""
+
+    value: float
+    known: bool
+
+
+@UNCERTAIN_POLICIES.register("zeros")
+def u_zeros() -> CellRule:
+    """U-Zeros: uncertain is negative."""
+    return CellRule(0.0, True)
+
+
+@UNCERTAIN_POLICIES.register("ones")
+def u_ones() -> CellRule:
+    """U-Ones: uncertain is positive."""
+    return CellRule(1.0, True)
+
+
+@UNCERTAIN_POLICIES.register("ignore")
+def u_ignore() -> CellRule:
+    """U-Ignore: uncertain is masked out of loss and metrics."""
+    return CellRule(0.0, False)
+
+
+@BLANK_POLICIES.register("negative")
+def blank_negative() -> CellRule:
+    """Not mentioned is a known negative."""
+    return CellRule(0.0, True)
+
+
+@BLANK_POLICIES.register("unknown")
+def blank_unknown() -> CellRule:
+    """Not mentioned is unknown (masked)."""
+    return CellRule(0.0, False)
 
 
 class LabelPolicy(BaseModel):
@@ -38,8 +78,8 @@ class LabelPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    uncertain: Literal["zeros", "ones", "ignore"] = "zeros"
-    blank: Literal["negative", "unknown"] = "negative"
+    uncertain: UNCERTAIN_POLICIES.choice() = "zeros"
+    blank: BLANK_POLICIES.choice() = "negative"
 
 
 class TableFilter(BaseModel):
@@ -131,8 +171,9 @@ def chexpert_labels(table: pd.DataFrame, policy: LabelPolicy, source: str) -> tu
     blank = (cells == "").to_numpy()
     values = cells.replace("", "0").astype(float).to_numpy()
     uncertain = values == -1
-    labels = np.where(uncertain, 1.0 if policy.uncertain == "ones" else 0.0, values)
-    mask = ~((uncertain & (policy.uncertain == "ignore")) | (blank & (policy.blank == "unknown")))
+    u_rule, blank_rule = UNCERTAIN_POLICIES.create(policy.uncertain), BLANK_POLICIES.create(policy.blank)
+    labels = np.where(uncertain, u_rule.value, np.where(blank, blank_rule.value, values))
+    mask = ~((uncertain & (not u_rule.known)) | (blank & (not blank_rule.known)))
     return labels.astype(np.float32), mask
 
 

@@ -13,14 +13,16 @@ Two searches, Euclidean on the 22 standardised features:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-SEARCHES = ("exact", "ivf")
+from cxr.registry import Registry
+
+SEARCHES = Registry("neighbour search")
+register_search = SEARCHES.register
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,13 @@ def exact_search(features: np.ndarray, queries: np.ndarray, n_neighbors: int,
     return index.kneighbors(queries)
 
 
+@register_search("exact")
+def exact_self_search(features: np.ndarray, n_neighbors: int, n_jobs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, indices) of every row's exact ``n_neighbors`` nearest rows, itself included."""
+    return exact_search(features, features, n_neighbors, n_jobs)
+
+
+@register_search("ivf")
 def ivf_search(features: np.ndarray, n_neighbors: int, nprobe: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Approximate (distances, indices) from a faiss IVF-Flat index with about 4 sqrt(n) cells."""
     import faiss
@@ -76,13 +85,8 @@ def nearest_neighbours(features: np.ndarray, k: int = 1, mutual: bool = False, s
         raise ValueError(f"k must be at least 1, got {k}")
     if k > n - 1:
         raise ValueError(f"k={k} neighbours asked for but only {n - 1} other images exist")
-    if search not in SEARCHES:
-        raise ValueError(f"unknown neighbour search {search!r}; choose one of {SEARCHES}")
     extra = min(n, k + 1 + 8)
-    if search == "ivf":
-        distances, indices = ivf_search(features, extra, nprobe)
-    else:
-        distances, indices = exact_search(features, features, extra, n_jobs)
+    distances, indices = SEARCHES.create_from(search, features, extra, knobs={"nprobe": nprobe, "n_jobs": n_jobs})
     order = np.lexsort((indices, distances), axis=1)
     distances = np.take_along_axis(distances, order, axis=1)
     indices = np.take_along_axis(indices, order, axis=1)

@@ -11,9 +11,10 @@ from tqdm.auto import tqdm
 
 from cxr.data.imageset import ImageSet
 from cxr.infer.serving import ServedModel, predict_files
+from cxr.infer.tta import SINGLE_VIEW
 
 
-def predict_chunks(model: ServedModel, images: ImageSet, views: Sequence[str] = ("original",),
+def predict_chunks(model: ServedModel, images: ImageSet, views: Sequence[str] = SINGLE_VIEW,
                    chunk_size: int = 1024, batch_size: int = 64, device: str = "auto",
                    progress: bool = True) -> Iterator[pd.DataFrame]:
     """Predictions (``id`` + one column per label) of ``images``' files, ``chunk_size`` at a time.

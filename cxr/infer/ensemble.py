@@ -11,11 +11,12 @@ checkpoints: what the registry serves and promotes like a single model.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import nnls
 from scipy.stats import rankdata
@@ -23,8 +24,12 @@ from sklearn.model_selection import GroupKFold
 
 from cxr.metrics.classification import mean_auc
 from cxr.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from cxr.registry import Registry
 
 ENSEMBLE_FILE = "ensemble.json"
+WEIGHTINGS = Registry("ensemble weighting")
+register_weighting = WEIGHTINGS.register
+WeightingName = WEIGHTINGS.choice()
 
 
 class EnsembleConfig(BaseModel):
@@ -34,7 +39,7 @@ class EnsembleConfig(BaseModel):
 
     auc_floor: float = Field(0.5, ge=0, le=1, description="drop members whose val mean AUC is below this")
     max_gap: float = Field(0.05, ge=0, description="drop members more than this behind the best val AUC")
-    weighting: Literal["auc", "equal", "rank", "stack"] = Field(
+    weighting: WeightingName = Field(
         "auc", description="auc: weights proportional to val AUC; rank: AUC-weighted rank average; "
                            "stack: non-negative least squares per label on val predictions")
 
@@ -77,6 +82,52 @@ def select_members(member_auc: dict[str, float], cfg: EnsembleConfig) -> tuple[l
     return [n for n in member_auc if n not in dropped], dropped
 
 
+class Weighting(ABC):
+    """How kept members are weighted; ``rank`` combines rank-transformed predictions instead."""
+
+    rank = False
+
+    @abstractmethod
+    def weights(self, val_preds: list[np.ndarray], y: np.ndarray, mask: np.ndarray, auc: np.ndarray) -> np.ndarray:
+        """(M, L) weights from the members' val predictions and their (M,) val mean AUCs."""
+
+
+def per_member(base: np.ndarray, n_labels: int) -> np.ndarray:
+    """(M, L) weights: ``base`` (M,) normalised to sum 1, the same for every label."""
+    return np.repeat((base / base.sum())[:, None], n_labels, axis=1)
+
+
+@register_weighting("auc")
+class AUCWeighting(Weighting):
+    """Weights proportional to val mean AUC (the challenge solution's rule)."""
+
+    def weights(self, val_preds: list[np.ndarray], y: np.ndarray, mask: np.ndarray, auc: np.ndarray) -> np.ndarray:
+        return per_member(auc, y.shape[1])
+
+
+@register_weighting("equal")
+class EqualWeighting(Weighting):
+    """A plain mean."""
+
+    def weights(self, val_preds: list[np.ndarray], y: np.ndarray, mask: np.ndarray, auc: np.ndarray) -> np.ndarray:
+        return per_member(np.ones(len(val_preds)), y.shape[1])
+
+
+@register_weighting("rank")
+class RankWeighting(AUCWeighting):
+    """AUC-weighted average of per-label ranks: aligns members whose probabilities differ in scale."""
+
+    rank = True
+
+
+@register_weighting("stack")
+class StackWeighting(Weighting):
+    """Non-negative least squares per label on val predictions."""
+
+    def weights(self, val_preds: list[np.ndarray], y: np.ndarray, mask: np.ndarray, auc: np.ndarray) -> np.ndarray:
+        return stack_weights(val_preds, y, mask)
+
+
 def stack_weights(val_preds: list[np.ndarray], y: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(M, L) non-negative least-squares weights per label on known val rows, normalised to sum 1."""
     weights = np.zeros((len(val_preds), y.shape[1]))
@@ -95,13 +146,9 @@ def fit_ensemble(val_preds: dict[str, np.ndarray], y: np.ndarray, mask: np.ndarr
         raise ValueError("an ensemble needs at least one member")
     member_auc = {name: mean_auc(y, p, mask) for name, p in val_preds.items()}
     kept, dropped = select_members(member_auc, cfg)
-    n_labels = y.shape[1]
-    if cfg.weighting == "stack":
-        weights = stack_weights([val_preds[m] for m in kept], y, mask)
-    else:
-        base = np.ones(len(kept)) if cfg.weighting == "equal" else np.array([member_auc[m] for m in kept])
-        weights = np.repeat((base / base.sum())[:, None], n_labels, axis=1)
-    return Ensemble(kept, weights, cfg.weighting == "rank", member_auc, dropped)
+    weighting = WEIGHTINGS.create(cfg.weighting)
+    weights = weighting.weights([val_preds[m] for m in kept], y, mask, np.array([member_auc[m] for m in kept]))
+    return Ensemble(kept, weights, weighting.rank, member_auc, dropped)
 
 
 def cross_fit_predictions(val_preds: dict[str, np.ndarray], y: np.ndarray, mask: np.ndarray, groups: np.ndarray,
@@ -114,6 +161,21 @@ def cross_fit_predictions(val_preds: dict[str, np.ndarray], y: np.ndarray, mask:
         ensemble = fit_ensemble({n: p[fit_rows] for n, p in val_preds.items()}, y[fit_rows], mask[fit_rows], cfg)
         out[held_rows] = ensemble.combine({n: p[held_rows] for n, p in val_preds.items()})
     return out
+
+
+def ensemble_report(val_preds: dict[str, np.ndarray], y: np.ndarray, mask: np.ndarray, groups: np.ndarray,
+                    cfg: EnsembleConfig = EnsembleConfig()) -> tuple[Ensemble, pd.DataFrame]:
+    """The ensemble fitted on all of val, and a report: each member's val AUC, its weight (mean
+    over labels) or why it was dropped, then the ensemble's in-sample and 2-fold cross-fitted
+    (by patient ``groups``) val AUC."""
+    ensemble = fit_ensemble(val_preds, y, mask, cfg)
+    weight = dict(zip(ensemble.members, ensemble.weights.mean(axis=1)))
+    rows = [{"member": n, "val_auc": ensemble.member_auc[n], "weight": weight.get(n, 0.0),
+             "dropped": ensemble.dropped.get(n, "")} for n in val_preds]
+    rows += [{"member": "ensemble", "val_auc": mean_auc(y, ensemble.combine(val_preds), mask)},
+             {"member": "ensemble_cross_fit",
+              "val_auc": mean_auc(y, cross_fit_predictions(val_preds, y, mask, groups, cfg), mask)}]
+    return ensemble, pd.DataFrame(rows).fillna({"weight": 1.0, "dropped": ""})
 
 
 @dataclass
@@ -129,7 +191,7 @@ class EnsembleModel:
     weighting: str = "auc"
 
     def __post_init__(self) -> None:
-        if self.weighting == "rank":
+        if WEIGHTINGS.create(self.weighting).rank:
             raise ValueError("a rank-averaged ensemble cannot be served (one image alone has no rank); "
                              "register an auc, equal or stack ensemble")
         labels = {tuple(c.meta.label_names) for c in self.members.values()}

@@ -11,7 +11,7 @@ import pandas as pd
 from cxr.data.imageset import ImageSet, make_manifest
 from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
 from cxr.infer.ensemble import EnsembleModel
-from cxr.infer.tta import predict_imageset
+from cxr.infer.tta import SINGLE_VIEW, predict_imageset
 from cxr.models.checkpoint import Checkpoint
 
 
@@ -38,7 +38,7 @@ def served_labels(model: ServedModel) -> list[str]:
 
 
 def predict_files(model: ServedModel, paths: Sequence[str], ids: Sequence[str] | None = None,
-                  views: Sequence[str] = ("original",), batch_size: int = 64,
+                  views: Sequence[str] = SINGLE_VIEW, batch_size: int = 64,
                   device: str = "auto") -> pd.DataFrame:
     """Decode, preprocess (the model's training settings) and predict image files."""
     if isinstance(model, EnsembleModel):

@@ -1,4 +1,5 @@
-"""Test-time augmentation: the reference five views, run as one stacked batch per image batch."""
+"""Test-time augmentation: registered views (the reference five by default), run as one stacked
+batch per image batch."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from cxr.data.imageset import ImageSet
 from cxr.infer.predict import View, predict_proba
 from cxr.models.checkpoint import Checkpoint
+from cxr.registry import Registry
 
 
 def _rotate(degrees: float) -> View:
@@ -35,22 +37,44 @@ def _center_zoom(factor: float) -> View:
     return view
 
 
-TTA_VIEWS: dict[str, View] = {
-    "original": lambda x: x,
-    "hflip": lambda x: torch.flip(x, dims=(-1,)),
-    "rotate+5": _rotate(5.0),
-    "rotate-5": _rotate(-5.0),
-    "zoom": _center_zoom(1.1),
-}
-REFERENCE_VIEWS = tuple(TTA_VIEWS)
+VIEWS = Registry("TTA view")
+register_view = VIEWS.register
+ViewName = VIEWS.choice()
+
+
+@register_view("original")
+def original() -> View:
+    return lambda x: x
+
+
+@register_view("hflip")
+def hflip() -> View:
+    return lambda x: torch.flip(x, dims=(-1,))
+
+
+@register_view("rotate+5")
+def rotate_plus_5() -> View:
+    return _rotate(5.0)
+
+
+@register_view("rotate-5")
+def rotate_minus_5() -> View:
+    return _rotate(-5.0)
+
+
+@register_view("zoom")
+def zoom() -> View:
+    """Center crop of 1/1.1 of the side, resized back."""
+    return _center_zoom(1.1)
+
+
+REFERENCE_VIEWS = ("original", "hflip", "rotate+5", "rotate-5", "zoom")
+SINGLE_VIEW = ("original",)
 
 
 def tta_views(names: Sequence[str]) -> tuple[View, ...]:
     """The named views; raises naming any unknown one."""
-    unknown = [n for n in names if n not in TTA_VIEWS]
-    if unknown:
-        raise ValueError(f"unknown TTA views {unknown}; choose from {list(TTA_VIEWS)}")
-    return tuple(TTA_VIEWS[n] for n in names)
+    return tuple(VIEWS.create(name) for name in names)
 
 
 def predict_imageset(checkpoint: Checkpoint, imageset: ImageSet, views: Sequence[str] = REFERENCE_VIEWS,

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from cxr.models.backbones import create_backbone, feature_dim, freeze
-from cxr.models.heads import create_head
+from cxr.models.heads import HEADS, HeadName
 
 
 class ModelConfig(BaseModel):
@@ -18,7 +18,7 @@ class ModelConfig(BaseModel):
     backbone: str = Field("resnet18", description="timm model name")
     pretrained: bool = Field(False, description="timm hub weights (online); see weights_path")
     weights_path: str | None = Field(None, description="local backbone weights file")
-    head: str = Field("linear", description="linear, mlp or attention")
+    head: HeadName = Field("linear", description="a registered head: linear, mlp or attention")
     head_drop_rate: float = Field(0.0, ge=0, lt=1)
     head_batch_norm: bool = Field(False, description="BatchNorm in the linear or mlp head")
     drop_path_rate: float | None = Field(None, ge=0, lt=1, description="stochastic depth")
@@ -34,10 +34,8 @@ class Classifier(nn.Module):
             cfg.backbone, pretrained=cfg.pretrained and load_weights,
             weights_path=cfg.weights_path if load_weights else None,
             drop_path_rate=cfg.drop_path_rate)
-        head_kwargs = {"drop_rate": cfg.head_drop_rate}
-        if cfg.head in ("linear", "mlp"):
-            head_kwargs["batch_norm"] = cfg.head_batch_norm
-        self.head = create_head(cfg.head, feature_dim(self.backbone), num_classes, **head_kwargs)
+        self.head = HEADS.create_from(cfg.head, feature_dim(self.backbone), num_classes,
+                                      knobs={"drop_rate": cfg.head_drop_rate, "batch_norm": cfg.head_batch_norm})
         self.frozen_backbone = cfg.freeze_backbone
         if self.frozen_backbone:
             freeze(self.backbone)

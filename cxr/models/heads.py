@@ -14,6 +14,7 @@ from cxr.registry import Registry
 HEADS = Registry("head")
 register_head = HEADS.register
 list_heads = HEADS.names
+HeadName = HEADS.choice()
 
 
 def create_head(name: str, in_features: int, num_classes: int, **kwargs) -> nn.Module:

@@ -32,6 +32,7 @@ Views = list[torch.Tensor]
 SSL_METHODS = Registry("SSL method")
 register_ssl_method = SSL_METHODS.register
 list_ssl_methods = SSL_METHODS.names
+SSLMethodName = SSL_METHODS.choice()
 
 
 def create_ssl_method(name: str, backbone: nn.Module, feature_dim: int, **kwargs) -> "SSLMethod":

@@ -11,22 +11,25 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import torch
 from lightly.utils.debug import std_of_l2_normalized
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from cxr.models.backbones import create_backbone, feature_dim
 from cxr.models.checkpoint import BackboneCheckpoint, BackboneMeta
 from cxr.runtime import deterministic, image_stats, resolve_device
-from cxr.ssl.methods import create_ssl_method
+from cxr.registry import Registry
+from cxr.ssl.methods import SSL_METHODS, SSLMethodName, create_ssl_method
 from cxr.ssl.transforms import SSLAugmentConfig, ssl_view
 
-SSLMethodName = Literal["simsiam", "moco", "simclr", "byol", "swav"]
+POSITIVES = Registry("SSL positives")
+register_positives = POSITIVES.register
+PositivesName = POSITIVES.choice()
 
 
 class RepresentationCollapseWarning(UserWarning):
@@ -39,8 +42,8 @@ class SSLConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: SSLMethodName = "simsiam"
-    positives: Literal["nn_pairs", "two_views"] = Field("nn_pairs", description="image + its nearest "
-                                                        "neighbour, or two augmentations of one image")
+    positives: PositivesName = Field("nn_pairs", description="image + its nearest neighbour (nn_pairs), or two "
+                                     "augmentations of one image (two_views)")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=4)
     lr: float = Field(0.03, gt=0)
@@ -48,13 +51,23 @@ class SSLConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0)
     hidden_dim: int | None = Field(None, ge=8, description="projection hidden width; None: the method's default")
     out_dim: int | None = Field(None, ge=8, description="projection output width; None: the method's default")
-    memory_bank_size: int = Field(4096, ge=0, description="moco: keys kept as negatives")
-    small_views: int = Field(4, ge=0, description="swav: low-resolution crops per image")
+    memory_bank_size: int | None = Field(None, ge=0, description="moco: keys kept as negatives; None: 4096")
+    small_views: int | None = Field(None, ge=0, description="swav: low-resolution crops per image; None: 4")
     collapse_ratio: float = Field(0.2, gt=0, lt=1, description="warn when std * sqrt(d) drops below this")
     augment: SSLAugmentConfig = Field(default_factory=SSLAugmentConfig)
     device: str = "auto"
     num_threads: int = Field(0, ge=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_method_kwargs(self) -> "SSLConfig":
+        SSL_METHODS.check_kwargs(self.method, self.method_kwargs())
+        return self
+
+    def method_kwargs(self) -> dict[str, Any]:
+        """The method's constructor knobs, straight through (None keeps the method's default)."""
+        return {"hidden_dim": self.hidden_dim, "out_dim": self.out_dim, "memory_bank_size": self.memory_bank_size,
+                "small_views": self.small_views}
 
 
 def collapse_check(embeddings: torch.Tensor, ratio: float) -> tuple[float, bool]:
@@ -63,25 +76,25 @@ def collapse_check(embeddings: torch.Tensor, ratio: float) -> tuple[float, bool]
     return score, score < ratio
 
 
-def method_kwargs(cfg: SSLConfig) -> dict:
-    """The config's knobs that the chosen method takes."""
-    kwargs = {"hidden_dim": cfg.hidden_dim, "out_dim": cfg.out_dim}
-    if cfg.method == "moco":
-        kwargs["memory_bank_size"] = cfg.memory_bank_size
-    if cfg.method == "swav":
-        kwargs["small_views"] = cfg.small_views
-    return kwargs
+@register_positives("two_views")
+def two_view_positives(n_images: int, pairs: np.ndarray | None) -> np.ndarray:
+    """Each image with itself: the two views are two augmentations of one image."""
+    return np.repeat(np.arange(n_images)[:, None], 2, axis=1)
 
 
-def positive_pairs(n_images: int, pairs: np.ndarray | None, positives: str) -> np.ndarray:
-    """(P, 2) anchor/positive indices: the NN pairs, or each image with itself."""
-    if positives == "two_views":
-        return np.repeat(np.arange(n_images)[:, None], 2, axis=1)
+@register_positives("nn_pairs")
+def nn_pair_positives(n_images: int, pairs: np.ndarray | None) -> np.ndarray:
+    """The (P, 2) anchor/neighbour pairs of the nn_pairs step."""
     if pairs is None or len(pairs) == 0:
         raise ValueError("positives='nn_pairs' needs the pairs from the nn_pairs step")
     if pairs.max() >= n_images:
         raise ValueError(f"pair index {int(pairs.max())} is outside the {n_images} pool images")
     return pairs
+
+
+def positive_pairs(n_images: int, pairs: np.ndarray | None, positives: str) -> np.ndarray:
+    """(P, 2) anchor/positive indices under the ``positives`` rule."""
+    return POSITIVES.create(positives, n_images, pairs)
 
 
 def make_views(x: torch.Tensor, anchor: torch.Tensor, positive: torch.Tensor, small_views: int,
@@ -105,7 +118,7 @@ def pretrain(images: np.ndarray, backbone: str, cfg: SSLConfig, pairs: np.ndarra
         raise ValueError(f"{len(positives)} positive pairs are fewer than one batch of {cfg.batch_size}")
     with deterministic(cfg.seed):
         net = create_backbone(backbone)
-        method = create_ssl_method(cfg.method, net, feature_dim(net), **method_kwargs(cfg)).to(device)
+        method = create_ssl_method(cfg.method, net, feature_dim(net), **cfg.method_kwargs()).to(device)
         mean, std = image_stats(images, seed=cfg.seed)
         optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=cfg.lr,
                                     momentum=cfg.momentum, weight_decay=cfg.weight_decay)

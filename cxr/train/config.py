@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cxr.train.augment import AugmentConfig
 from cxr.train.losses import LossName
+from cxr.train.optim import OptimizerName, ScheduleName
 
 
 class TrainConfig(BaseModel):
@@ -19,9 +18,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
+    optimizer: OptimizerName = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD/RMSprop momentum")
-    scheduler: Literal["none", "cosine_restarts", "onecycle", "plateau"] = "onecycle"
+    scheduler: ScheduleName = "onecycle"
     restart_epochs: int = Field(5, ge=1, description="cosine_restarts: epochs of the first cycle")
     plateau_patience: int = Field(2, ge=0)
     loss: LossName = "bce"

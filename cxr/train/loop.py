@@ -34,7 +34,7 @@ from cxr.train.augment import augment_batch
 from cxr.train.config import TrainConfig
 from cxr.train.losses import MaskedBCELoss, create_loss
 from cxr.train.mixing import mix_batch
-from cxr.train.optim import Schedule, balanced_sample_weights, create_optimizer
+from cxr.train.optim import Schedule, balanced_sample_weights, create_optimizer, create_schedule
 
 
 @dataclass
@@ -172,8 +172,7 @@ def build_state(train: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
         load_backbone(model, backbone_init)
     model = channels_last_if_cuda(model.to(device), device)
     mean, std = image_stats(train.images, seed=cfg.seed)
-    loss_fn = create_loss(cfg.loss, train.labels, train.mask, cfg.focal_alpha, cfg.focal_gamma,
-                          cfg.label_smoothing).to(device)
+    loss_fn = create_loss(cfg.loss, train.labels, train.mask, **cfg.model_dump()).to(device)
     optimizer = create_optimizer(model, cfg)
     net = accelerator.prepare_model(model, device_placement=False) if world > 1 else model
     steps = max(sum(1 for _ in batches(torch.arange(shard_rows(rows_per_epoch(train, cfg), world)),
@@ -182,7 +181,7 @@ def build_state(train: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
     generator = torch.Generator().manual_seed(cfg.seed + rank)
     order_generator = generator if world == 1 else torch.Generator().manual_seed(cfg.seed)
-    return TrainState(model, net, loss_fn, optimizer, Schedule(optimizer, cfg, steps), scaler, cfg, device, mean, std,
+    return TrainState(model, net, loss_fn, optimizer, create_schedule(optimizer, cfg, steps), scaler, cfg, device, mean, std,
                       generator, np.random.default_rng(cfg.seed + rank), use_amp, amp_dtype, order_generator,
                       accelerator)
 

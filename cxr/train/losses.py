@@ -6,14 +6,16 @@ loss serves binary, multi-label and partially labelled (CheXpert U-Ignore) data.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-LossName = Literal["bce", "pos_weight_bce", "focal"]
+from cxr.registry import Registry
+
+LOSSES = Registry("loss")
+register_loss = LOSSES.register
+LossName = LOSSES.choice()
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -80,13 +82,25 @@ class FocalLoss(nn.Module):
         return masked_mean(losses, mask)
 
 
-def create_loss(name: LossName, labels: np.ndarray, mask: np.ndarray, focal_alpha: float | None = 0.25,
-                focal_gamma: float = 2.0, label_smoothing: float = 0.0) -> nn.Module:
-    """The loss ``name``; ``pos_weight_bce`` takes its weights from the training labels."""
-    if name == "bce":
-        return MaskedBCELoss(label_smoothing=label_smoothing)
-    if name == "pos_weight_bce":
-        return MaskedBCELoss(pos_weight_from_labels(labels, mask), label_smoothing)
-    if name == "focal":
-        return FocalLoss(focal_alpha, focal_gamma, label_smoothing)
-    raise ValueError(f"unknown loss {name!r}: use bce, pos_weight_bce or focal")
+@register_loss("bce")
+def bce(labels: np.ndarray, mask: np.ndarray, label_smoothing: float = 0.0) -> nn.Module:
+    """Plain masked BCE."""
+    return MaskedBCELoss(label_smoothing=label_smoothing)
+
+
+@register_loss("pos_weight_bce")
+def pos_weight_bce(labels: np.ndarray, mask: np.ndarray, label_smoothing: float = 0.0) -> nn.Module:
+    """Masked BCE with pos_weight = negatives / positives of the training labels (an NIH baseline)."""
+    return MaskedBCELoss(pos_weight_from_labels(labels, mask), label_smoothing)
+
+
+@register_loss("focal")
+def focal(labels: np.ndarray, mask: np.ndarray, focal_alpha: float | None = 0.25, focal_gamma: float = 2.0,
+          label_smoothing: float = 0.0) -> nn.Module:
+    """Focal loss; ``focal_alpha`` None turns the class weighting off."""
+    return FocalLoss(focal_alpha, focal_gamma, label_smoothing)
+
+
+def create_loss(name: str, labels: np.ndarray, mask: np.ndarray, **knobs) -> nn.Module:
+    """The loss ``name`` for these training labels, from the ``knobs`` (a flat config's fields) it takes."""
+    return LOSSES.create_from(name, labels, mask, knobs=knobs)

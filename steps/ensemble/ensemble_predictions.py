@@ -8,8 +8,7 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 from cxr.data.imageset import ImageSet
-from cxr.infer.ensemble import EnsembleConfig, cross_fit_predictions, fit_ensemble
-from cxr.metrics.classification import mean_auc
+from cxr.infer.ensemble import EnsembleConfig, ensemble_report
 from steps.caching import core_cache_policy
 
 logger = get_logger(__name__)
@@ -34,23 +33,19 @@ def ensemble_predictions(names: List[str], val_predictions: List[pd.DataFrame], 
     val = images.split("val")
     labels = list(val.label_names)
     val_preds = {n: p[labels].to_numpy() for n, p in zip(names, val_predictions)}
-    ensemble = fit_ensemble(val_preds, val.labels, val.mask, cfg)
-    combined_val = ensemble.combine(val_preds)
-    combined_test = ensemble.combine({n: p[labels].to_numpy() for n, p in zip(names, test_predictions)})
-    ensemble_auc = mean_auc(val.labels, combined_val, val.mask)
-    groups = val.manifest["patient_id"].to_numpy()
-    cross_fit_auc = mean_auc(val.labels, cross_fit_predictions(val_preds, val.labels, val.mask, groups, cfg), val.mask)
-    weight = dict(zip(ensemble.members, ensemble.weights.mean(axis=1)))
-    report = pd.DataFrame([{"member": n, "val_auc": ensemble.member_auc[n], "weight": weight.get(n, 0.0),
-                            "dropped": ensemble.dropped.get(n, "")} for n in names]
-                          + [{"member": "ensemble", "val_auc": ensemble_auc, "weight": 1.0, "dropped": ""},
-                             {"member": "ensemble_cross_fit", "val_auc": cross_fit_auc, "weight": 1.0, "dropped": ""}])
-    mlflow.log_metrics({f"val_auc_{n}": ensemble.member_auc[n] for n in names}
-                       | {"val_auc_ensemble": ensemble_auc, "val_auc_ensemble_cross_fit": cross_fit_auc})
+    ensemble, report = ensemble_report(val_preds, val.labels, val.mask, val.manifest["patient_id"].to_numpy(), cfg)
+    auc = dict(zip(report["member"], report["val_auc"]))
+    mlflow.log_metrics({f"val_auc_{n}": auc[n] for n in names}
+                       | {"val_auc_ensemble": auc["ensemble"], "val_auc_ensemble_cross_fit": auc["ensemble_cross_fit"]})
     mlflow.log_text(report.to_csv(index=False), "ensemble_report.csv")
     logger.info("ensemble (%s):\n%s", cfg.weighting, report.round(4).to_string(index=False))
-    log_metadata({"val_auc_ensemble": ensemble_auc, "members": ensemble.members})
-    frame = lambda ids, values: pd.DataFrame({"id": ids, **dict(zip(labels, values.T))})  # noqa: E731
+    log_metadata({"val_auc_ensemble": auc["ensemble"], "members": ensemble.members})
+    combined_test = ensemble.combine({n: p[labels].to_numpy() for n, p in zip(names, test_predictions)})
     weights = {"members": ensemble.members, "weights": ensemble.weights.tolist(), "weighting": cfg.weighting}
-    return (frame(val_predictions[0]["id"], combined_val), frame(test_predictions[0]["id"], combined_test), report,
-            weights)
+    return (predictions_frame(val_predictions[0]["id"], labels, ensemble.combine(val_preds)),
+            predictions_frame(test_predictions[0]["id"], labels, combined_test), report, weights)
+
+
+def predictions_frame(ids: pd.Series, labels: list[str], values) -> pd.DataFrame:
+    """``id`` plus one probability column per label."""
+    return pd.DataFrame({"id": ids, **dict(zip(labels, values.T))})

@@ -13,6 +13,7 @@ from cxr.data.ingest import resolve_path
 from cxr.infer.batch import predict_chunks, write_predictions
 from cxr.infer.serving import served_labels
 from cxr.infer.submission import make_submission, write_submission
+from cxr.infer.tta import SINGLE_VIEW
 from steps.registry.lifecycle import served_model
 
 logger = get_logger(__name__)
@@ -20,7 +21,7 @@ logger = get_logger(__name__)
 
 @step(experiment_tracker=True, enable_cache=False)
 def batch_predict(images: ImageSet, model_uri: str, output_path: str, sample_submission: Optional[str] = None,
-                  views: list[str] = ["original"], chunk_size: int = 1024,
+                  views: list[str] = list(SINGLE_VIEW), chunk_size: int = 1024,
                   batch_size: int = 64) -> Annotated[dict, "inference_summary"]:
     """Predict every file of ``images`` with the registered model at ``model_uri`` (an alias
     such as ``models:/cxr-pneumonia@champion`` or a version ``models:/cxr-pneumonia/3``),

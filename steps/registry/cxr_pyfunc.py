@@ -27,13 +27,14 @@ class CXRClassifier(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from cxr.infer.serving import predict_files
+        from cxr.infer.tta import SINGLE_VIEW
 
         params = params or {}
         if "path" not in model_input.columns:
             raise ValueError(f"input needs a 'path' column of image files; got {list(model_input.columns)}")
         ids = model_input["id"].astype(str).tolist() if "id" in model_input.columns else None
         return predict_files(self.model, model_input["path"].tolist(), ids,
-                             views=tuple(params.get("views", ("original",))),
+                             views=tuple(params.get("views", SINGLE_VIEW)),
                              batch_size=int(params.get("batch_size", 64)))
 
 

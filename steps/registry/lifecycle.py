@@ -24,8 +24,9 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from cxr.data.imageset import ImageSet
 from cxr.infer.ensemble import EnsembleModel, save_ensemble_model
 from cxr.infer.serving import ServedModel, served_labels
+from cxr.infer.tta import SINGLE_VIEW
 from cxr.lifecycle.promotion import PromotionConfig, PromotionDecision, decide
-from cxr.models.checkpoint import Checkpoint, save_checkpoint
+from cxr.models.checkpoint import save_checkpoint
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 PYFUNC_FILE = Path(__file__).with_name("cxr_pyfunc.py")
@@ -40,7 +41,7 @@ def served_signature(label_names: list[str]) -> ModelSignature:
     return ModelSignature(
         inputs=Schema([ColSpec("string", "id", required=False), ColSpec("string", "path")]),
         outputs=Schema([ColSpec("string", "id"), *(ColSpec("double", n) for n in label_names)]),
-        params=ParamSchema([ParamSpec("views", "string", ["original"], shape=(-1,)),
+        params=ParamSchema([ParamSpec("views", "string", list(SINGLE_VIEW), shape=(-1,)),
                             ParamSpec("batch_size", "long", 64)]))
 
 
