@@ -1,21 +1,18 @@
-"""Stores an ImageSet as a parquet manifest, a .npy image array and a JSON sidecar."""
+"""Stores an ImageSet in its one format (``cxr.data.imageset.save_imageset``) plus a preview grid."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, ClassVar, Dict, Tuple, Type
 
-import numpy as np
-import pandas as pd
 from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from cxr.data.imageset import ImageSet
+from cxr.data.imageset import ImageSet, load_imageset, save_imageset
 from cxr.metrics.plots import image_grid
 
-MANIFEST, IMAGES, META, PREVIEW = "manifest.parquet", "images.npy", "meta.json", "preview.png"
+PREVIEW = "preview.png"
 
 
 class ImageSetMaterializer(BaseMaterializer):
@@ -28,24 +25,10 @@ class ImageSetMaterializer(BaseMaterializer):
         return os.path.join(self.uri, name)
 
     def load(self, data_type: Type[Any]) -> ImageSet:
-        with fileio.open(self._path(META), "r") as f:
-            meta = json.load(f)
-        with fileio.open(self._path(MANIFEST), "rb") as f:
-            frame = pd.read_parquet(f)
-        images = None
-        if fileio.exists(self._path(IMAGES)):
-            with fileio.open(self._path(IMAGES), "rb") as f:
-                images = np.load(f, allow_pickle=False)
-        return ImageSet.from_label_frame(frame, meta["label_names"], images, meta["skipped"])
+        return load_imageset(self.uri, fileio.open, fileio.exists)
 
     def save(self, data: ImageSet) -> None:
-        with fileio.open(self._path(META), "w") as f:
-            json.dump({"label_names": list(data.label_names), "skipped": list(data.skipped)}, f)
-        with fileio.open(self._path(MANIFEST), "wb") as f:
-            data.label_frame().to_parquet(f, index=False)
-        if data.images is not None:
-            with fileio.open(self._path(IMAGES), "wb") as f:
-                np.save(f, np.ascontiguousarray(data.images), allow_pickle=False)
+        save_imageset(data, self.uri, fileio.open)
 
     def save_visualizations(self, data: ImageSet) -> Dict[str, VisualizationType]:
         if data.images is None or len(data) == 0:

@@ -3,6 +3,8 @@
 A manifest DataFrame (one row per image: id, source path, patient id, split) plus a label
 matrix, a label mask (False where the label is unknown) and, once preprocessed, a uint8
 array of decoded, resized grayscale images that later steps read instead of image files.
+``save_imageset``/``load_imageset`` are its one storage format (the ZenML materializer and
+the data-parallel launcher both use it).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,8 @@ import pandas as pd
 MANIFEST_COLUMNS = ("id", "path", "patient_id", "split")
 LABEL_PREFIX = "label:"
 MASK_PREFIX = "known:"
+MANIFEST_FILE, IMAGES_FILE, META_FILE = "manifest.parquet", "images.npy", "meta.json"
+Opener = Callable[[str, str], IO]
 
 
 @dataclass(frozen=True)
@@ -136,3 +140,33 @@ def make_manifest(ids: Sequence[str], paths: Sequence[str],
         "patient_id": [str(p) for p in patient_ids] if patient_ids is not None else ids,
         "split": "all",
     })
+
+
+def save_imageset(data: ImageSet, folder: str, open_file: Opener = open) -> None:
+    """``data`` as ``manifest.parquet`` (labels and masks included), ``images.npy`` (when
+    decoded) and ``meta.json`` (label names, skipped files) in ``folder``; ``open_file``
+    opens a path in it (``open``, or an artifact store's ``fileio.open``)."""
+    with open_file(os.path.join(folder, META_FILE), "w") as f:
+        json.dump({"label_names": list(data.label_names), "skipped": list(data.skipped)}, f)
+    with open_file(os.path.join(folder, MANIFEST_FILE), "wb") as f:
+        data.label_frame().to_parquet(f, index=False)
+    if data.images is not None:
+        with open_file(os.path.join(folder, IMAGES_FILE), "wb") as f:
+            np.save(f, np.ascontiguousarray(data.images), allow_pickle=False)
+
+
+def load_imageset(folder: str, open_file: Opener = open, exists: Callable[[str], bool] = os.path.exists,
+                  mmap: bool = False) -> ImageSet:
+    """The ImageSet ``save_imageset`` wrote; ``mmap`` maps the images read-only instead of
+    reading them (a local folder only: processes then share one copy in the page cache)."""
+    with open_file(os.path.join(folder, META_FILE), "r") as f:
+        meta = json.load(f)
+    with open_file(os.path.join(folder, MANIFEST_FILE), "rb") as f:
+        frame = pd.read_parquet(f)
+    images, path = None, os.path.join(folder, IMAGES_FILE)
+    if mmap:
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    elif exists(path):
+        with open_file(path, "rb") as f:
+            images = np.load(f, allow_pickle=False)
+    return ImageSet.from_label_frame(frame, meta["label_names"], images, meta["skipped"])

@@ -17,11 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 from accelerate import Accelerator
 
-from cxr.data.imageset import ImageSet
+from cxr.data.imageset import ImageSet, load_imageset, save_imageset
 from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint, load_checkpoint, save_checkpoint
 from cxr.models.classifier import ModelConfig
 from cxr.runtime import resolve_device
@@ -29,21 +28,6 @@ from cxr.train.config import TrainConfig
 from cxr.train.loop import FitResult, check_fit_inputs, fit
 
 CONFIG, BACKBONE, RESULT, HISTORY = "config.json", "backbone", "checkpoint", "history.parquet"
-
-
-def write_set(images: ImageSet, folder: Path) -> None:
-    """An ImageSet as ``labels.parquet``, ``images.npy`` and ``meta.json`` in ``folder``."""
-    folder.mkdir(parents=True)
-    images.label_frame().to_parquet(folder / "labels.parquet", index=False)
-    np.save(folder / "images.npy", np.ascontiguousarray(images.images), allow_pickle=False)
-    (folder / "meta.json").write_text(json.dumps({"label_names": list(images.label_names)}))
-
-
-def read_set(folder: Path) -> ImageSet:
-    """The ImageSet ``write_set`` wrote, with its images memory-mapped read-only."""
-    label_names = json.loads((folder / "meta.json").read_text())["label_names"]
-    return ImageSet.from_label_frame(pd.read_parquet(folder / "labels.parquet"), label_names,
-                                     np.load(folder / "images.npy", mmap_mode="r", allow_pickle=False))
 
 
 def launch_command(processes: int, folder: Path) -> list[str]:
@@ -64,8 +48,9 @@ def fit_data_parallel(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cf
     check_fit_inputs(train, val)
     with tempfile.TemporaryDirectory(prefix="cxr-ddp-") as scratch:
         folder = Path(scratch)
-        write_set(train, folder / "train")
-        write_set(val, folder / "val")
+        for name, part in (("train", train), ("val", val)):
+            (folder / name).mkdir()
+            save_imageset(part, str(folder / name))
         (folder / CONFIG).write_text(json.dumps({"model": model_cfg.model_dump(mode="json"),
                                                  "train": cfg.model_dump(mode="json"),
                                                  "preprocess": preprocess, "progress": progress}))
@@ -88,7 +73,7 @@ def worker(folder: Path) -> None:
     cfg = TrainConfig.model_validate(config["train"])
     accelerator = Accelerator(cpu=resolve_device(cfg.device).type == "cpu")
     backbone = load_checkpoint(folder / BACKBONE, BackboneCheckpoint) if (folder / BACKBONE).exists() else None
-    result = fit(read_set(folder / "train"), read_set(folder / "val"), ModelConfig.model_validate(config["model"]),
+    result = fit(load_imageset(str(folder / "train"), mmap=True), load_imageset(str(folder / "val"), mmap=True), ModelConfig.model_validate(config["model"]),
                  cfg, preprocess=config["preprocess"], progress=config["progress"] and accelerator.is_main_process,
                  backbone_init=backbone, accelerator=accelerator)
     if accelerator.is_main_process:
