@@ -78,6 +78,9 @@ class Registry:
 
     def create_from(self, name: str, *args, knobs: Mapping[str, Any]) -> Any:
         """Build ``name`` from a flat config that holds every choice's knobs: pass the knobs its
-        constructor names, as they are (None included: in a flat config None is a setting)."""
-        taken = self.accepts(name)
-        return self.get(name)(*args, **{k: v for k, v in knobs.items() if k in taken})
+        constructor names and ``args`` do not fill, as they are (None included: in a flat
+        config None is a setting)."""
+        constructor = self.get(name)
+        filled = list(inspect.signature(constructor).parameters)[:len(args)]
+        taken = self.accepts(name) - set(filled)
+        return constructor(*args, **{k: v for k, v in knobs.items() if k in taken})
