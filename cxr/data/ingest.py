@@ -52,6 +52,7 @@ class IngestConfig(BaseModel):
     path_column: str | None = None
     patient_column: str | None = None
     image_suffix: str = Field("", description="csv without path_column: file = id + suffix")
+    encoding: str = Field("utf-8", description="csv: the table's text encoding, e.g. latin-1")
     split: str = Field("train", description="medmnist: train, val or test")
     label_names: list[str] = Field(default_factory=list,
                                    description="images: label columns to predict; medmnist: names")
@@ -83,7 +84,7 @@ def images_source(cfg: IngestConfig) -> ImageSet:
 def csv_source(cfg: IngestConfig) -> ImageSet:
     """A label table plus the folder of its images."""
     return read_csv_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), cfg.id_column, cfg.label_columns,
-                          cfg.path_column, cfg.patient_column, cfg.image_suffix)
+                          cfg.path_column, cfg.patient_column, cfg.image_suffix, cfg.encoding)
 
 
 @register_source("nih")

@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxr.data.imageset import ImageSet, make_manifest
-from cxr.data.sources import check_files
+from cxr.data.sources import check_files, read_csv_strings
 from cxr.errors import DataError, list_problems
 from cxr.registry import Registry
 
@@ -97,7 +97,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"label table {path} does not exist")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = read_csv_strings(path)
     if table.empty:
         raise DataError(f"{path} has no rows")
     return table

@@ -44,6 +44,17 @@ def patient_ids_from_names(ids: Sequence[str], pattern: str | None) -> list[str]
     return out
 
 
+def read_csv_strings(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+    """The CSV (or .csv.gz) at ``path`` as strings, blanks kept as empty strings; a file that is
+    not in ``encoding`` raises a DataError naming the file, the offending byte and the fix."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
+    except UnicodeDecodeError as error:
+        bad = error.object[error.start:error.end]
+        raise DataError(f"{path} is not valid {encoding} text (it holds the byte(s) {bad!r}); set the table's "
+                        f"encoding, e.g. data.encoding: latin-1") from error
+
+
 def check_files(paths: Sequence[str], ids: Sequence[str]) -> None:
     """Raise one DataError listing every missing or zero-byte file and duplicate id."""
     problems = []
@@ -134,17 +145,18 @@ def parse_binary_labels(table: pd.DataFrame, columns: Sequence[str],
 
 def read_csv_table(csv_path: str | Path, image_dir: str | Path, id_column: str = "id",
                    label_columns: Sequence[str] | None = None, path_column: str | None = None,
-                   patient_column: str | None = None, image_suffix: str = "") -> ImageSet:
+                   patient_column: str | None = None, image_suffix: str = "", encoding: str = "utf-8") -> ImageSet:
     """A CSV with one row per image plus the folder holding the images.
 
     The image file is ``image_dir / row[path_column]`` if ``path_column`` is set, else
     ``image_dir / (row[id_column] + image_suffix)``. ``label_columns`` default to every
     column that is not the id, path or patient column; cells are 1, 0 or blank (unknown).
+    ``encoding`` is the table's text encoding (hospital exports are often latin-1).
     """
     csv_path, image_dir = Path(csv_path), Path(image_dir)
     if not csv_path.is_file():
         raise DataError(f"label table {csv_path} does not exist")
-    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    table = read_csv_strings(csv_path, encoding)
     meta = [c for c in (id_column, path_column, patient_column) if c]
     missing = [c for c in meta + list(label_columns or []) if c not in table.columns]
     if missing:

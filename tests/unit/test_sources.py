@@ -236,3 +236,13 @@ def test_real_kermany_tree(real_data_dir: Path):
     assert len(images) == 5216 and int(images.labels.sum()) == 3875
     pneumonia_patients = images.manifest.loc[images.labels[:, 0] == 1, "patient_id"].nunique()
     assert pneumonia_patients == 1635
+
+
+def test_a_latin1_table_reads_with_its_encoding_set(real_data_dir: Path, tmp_path: Path):
+    folder = real_data_dir / "covid-fullres" / "figure1"
+    for image in (folder / "images").iterdir():
+        (tmp_path / image.stem).symlink_to(image)
+    cfg = IngestConfig(source="csv", path=str(folder / "metadata.csv"), image_dir=str(tmp_path), id_column="patientid",
+                       label_columns=[], encoding="latin-1")
+    expected = pd.read_csv(folder / "metadata.csv", encoding="latin-1", dtype=str, keep_default_na=False)
+    assert read_source(cfg).ids == expected["patientid"].tolist()
