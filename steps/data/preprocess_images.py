@@ -8,12 +8,12 @@ from zenml.logger import get_logger
 
 from cxr.data.imageset import ImageSet
 from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 
 logger = get_logger(__name__)
 
 
-@step(cache_policy=core_cache_policy("cxr.data.preprocess"))
+@step(cache_policy=code_cache_policy(__name__))
 def preprocess_images(images: ImageSet, cfg: PreprocessConfig) -> Annotated[ImageSet, "decoded_images"]:
     """Decode every image in parallel, make it square, resize and equalise (CLAHE).
 

@@ -7,12 +7,12 @@ from zenml.logger import get_logger
 
 from cxr.data.imageset import ImageSet
 from cxr.data.split import SplitConfig, split_train_val
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 
 logger = get_logger(__name__)
 
 
-@step(cache_policy=core_cache_policy("cxr.data.split"))
+@step(cache_policy=code_cache_policy(__name__))
 def split_dataset(images: ImageSet, cfg: SplitConfig) -> Annotated[ImageSet, "split_images"]:
     """Mark each image 'train' or 'val' with no patient on both sides. YAML: ``parameters.split``.
 

@@ -9,12 +9,12 @@ from zenml.logger import get_logger
 
 from cxr.data.imageset import ImageSet
 from cxr.infer.ensemble import EnsembleConfig, ensemble_report
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 
 logger = get_logger(__name__)
 
 
-@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.infer.ensemble"))
+@step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
 def ensemble_predictions(names: List[str], val_predictions: List[pd.DataFrame], test_predictions: List[pd.DataFrame],
                          images: ImageSet, cfg: EnsembleConfig) -> Tuple[
     Annotated[pd.DataFrame, "ensemble_val_predictions"],

@@ -11,12 +11,12 @@ from zenml.logger import get_logger
 from cxr.data.imageset import ImageSet
 from cxr.metrics.classification import label_report, summary_metrics
 from cxr.metrics.plots import confusion_matrices, roc_curves, training_curves
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 
 logger = get_logger(__name__)
 
 
-@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.metrics.classification", "cxr.metrics.plots"))
+@step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
 def evaluate(val_predictions: pd.DataFrame, images: ImageSet, history: pd.DataFrame,
              threshold_min: float = 0.01, threshold_max: float = 0.99) -> Tuple[
     Annotated[dict, "val_metrics"],

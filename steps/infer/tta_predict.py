@@ -8,10 +8,10 @@ from zenml import step
 from cxr.data.imageset import ImageSet
 from cxr.infer.tta import REFERENCE_VIEWS, predict_imageset
 from cxr.models.checkpoint import Checkpoint
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 
 
-@step(cache_policy=core_cache_policy("cxr.infer.tta"))
+@step(cache_policy=code_cache_policy(__name__))
 def tta_predict(checkpoint: Checkpoint, images: ImageSet, subset: Optional[str] = None,
                 views: list[str] = list(REFERENCE_VIEWS), batch_size: int = 64,
                 device: str = "auto") -> Annotated[pd.DataFrame, "predictions"]:

@@ -7,11 +7,11 @@ from zenml import step
 
 from cxr.infer.ensemble import EnsembleModel
 from cxr.models.checkpoint import Checkpoint
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 from steps.registry.register_model import register_served
 
 
-@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.infer.serving"))
+@step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
 def register_ensemble(names: List[str], checkpoints: List[Checkpoint], ensemble_weights: dict, val_metrics: dict,
                       registered_model_name: str) -> Annotated[int, "model_version"]:
     """Register the ensemble (kept members' checkpoints + weights) as a new version of

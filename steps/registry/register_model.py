@@ -8,13 +8,13 @@ from zenml.logger import get_logger
 from cxr.infer.serving import ServedModel, served_labels
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from cxr.models.checkpoint import Checkpoint
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 from steps.registry.lifecycle import log_served_model
 
 logger = get_logger(__name__)
 
 
-@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.infer.serving"))
+@step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
 def register_model(checkpoint: Checkpoint, val_metrics: dict,
                    registered_model_name: str = DEFAULT_MODEL_NAME) -> Annotated[int, "model_version"]:
     """Log ``checkpoint`` as a pyfunc model (safetensors + core code, no pickle) and register it.

@@ -8,12 +8,12 @@ from zenml.logger import get_logger
 
 from cxr.data.imageset import ImageSet
 from cxr.features.handcrafted import FeatureTable, fit_feature_table, handcrafted_features as compute
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 
 logger = get_logger(__name__)
 
 
-@step(cache_policy=core_cache_policy("cxr.features.handcrafted"))
+@step(cache_policy=code_cache_policy(__name__))
 def handcrafted_features(images: ImageSet) -> Annotated[FeatureTable, "features"]:
     """Compute the 22 features of the 'train' rows (the SSL pool; row order is what the pair
     indices refer to), in parallel, and fit the StandardScaler on them (kept in the artifact).

@@ -7,10 +7,10 @@ from zenml import log_metadata, step
 
 from cxr.features.handcrafted import FeatureTable
 from cxr.features.pairs import nearest_neighbours
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 
 
-@step(cache_policy=core_cache_policy("cxr.features.pairs"))
+@step(cache_policy=code_cache_policy(__name__))
 def nn_pairs(features: FeatureTable, k: int = 1, mutual: bool = False, search: str = "exact",
              nprobe: int = 32) -> Tuple[
     Annotated[np.ndarray, "pairs"],

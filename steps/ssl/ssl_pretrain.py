@@ -14,13 +14,13 @@ from cxr.data.imageset import ImageSet
 from cxr.metrics.plots import ssl_curves
 from cxr.models.checkpoint import BackboneCheckpoint
 from cxr.ssl.pretrain import SSLConfig, pretrain
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 from steps.tracking import epoch_logger, flatten
 
 logger = get_logger(__name__)
 
 
-@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.ssl.pretrain", "cxr.metrics.plots"))
+@step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
 def ssl_pretrain(images: ImageSet, backbone: str, cfg: SSLConfig, pairs: Optional[np.ndarray] = None) -> Tuple[
     Annotated[BackboneCheckpoint, ArtifactConfig(name="ssl_backbone", artifact_type=ArtifactType.MODEL)],
     Annotated[pd.DataFrame, "ssl_history"],

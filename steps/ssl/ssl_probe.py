@@ -9,12 +9,12 @@ from zenml.logger import get_logger
 from cxr.data.imageset import ImageSet
 from cxr.models.checkpoint import BackboneCheckpoint
 from cxr.ssl.probe import probe
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 
 logger = get_logger(__name__)
 
 
-@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.ssl.probe"))
+@step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
 def ssl_probe(ssl_backbone: BackboneCheckpoint, images: ImageSet, k: int = 20) -> Annotated[dict, "ssl_probe_metrics"]:
     """Score the frozen backbone on the labelled split: logistic regression and k-NN on its
     pooled features, fitted on 'train' and scored on 'val' (mean ROC AUC). Fast enough to

@@ -8,10 +8,10 @@ from zenml import step
 from cxr.cft.head import penultimate_features
 from cxr.data.imageset import ImageSet
 from cxr.models.checkpoint import Checkpoint
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 
 
-@step(cache_policy=core_cache_policy("cxr.cft.head"))
+@step(cache_policy=code_cache_policy(__name__))
 def cft_features(checkpoint: Checkpoint, images: ImageSet, batch_size: int = 128, device: str = "auto") -> Tuple[
     Annotated[np.ndarray, "train_features"],
     Annotated[np.ndarray, "val_features"],

@@ -13,13 +13,13 @@ from cxr.cft.genetic import CFTConfig, category_finetune
 from cxr.cft.head import last_layer, with_last_layer
 from cxr.data.imageset import ImageSet
 from cxr.models.checkpoint import Checkpoint
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 from steps.tracking import flatten
 
 logger = get_logger(__name__)
 
 
-@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.cft.genetic", "cxr.cft.head"))
+@step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
 def cft_finetune(checkpoint: Checkpoint, images: ImageSet, train_features: np.ndarray, val_features: np.ndarray,
         cfg: CFTConfig) -> Tuple[
     Annotated[Checkpoint, ArtifactConfig(name="cft_checkpoint", artifact_type=ArtifactType.MODEL)],

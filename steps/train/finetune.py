@@ -15,13 +15,13 @@ from cxr.models.classifier import ModelConfig
 from cxr.train.config import TrainConfig
 from cxr.train.distributed import fit_data_parallel
 from cxr.train.loop import fit
-from steps.caching import core_cache_policy
+from steps.caching import code_cache_policy
 from steps.tracking import epoch_logger, flatten
 
 logger = get_logger(__name__)
 
 
-@step(experiment_tracker=True, cache_policy=core_cache_policy("cxr.train.distributed"))
+@step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
 def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preprocess: PreprocessConfig,
              ssl_backbone: Optional[BackboneCheckpoint] = None) -> Tuple[
     Annotated[Checkpoint, ArtifactConfig(name="checkpoint", artifact_type=ArtifactType.MODEL)],
