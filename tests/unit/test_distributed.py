@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
-from cxr.data.sources import read_class_folders
-from cxr.data.split import SplitConfig, split_train_val
 from cxr.infer.predict import predict_proba
 from cxr.metrics.classification import mean_auc
 from cxr.models.checkpoint import BackboneCheckpoint, BackboneMeta
@@ -15,18 +12,8 @@ from cxr.models.classifier import Classifier, ModelConfig
 from cxr.train.config import TrainConfig
 from cxr.train.distributed import fit_data_parallel
 from cxr.train.loop import val_loss
-from tests.conftest import write_class_tree
 
 TWO_PROCESSES = dict(processes=2, device="cpu", batch_size=16, lr=3e-3, num_threads=1)
-
-
-@pytest.fixture(scope="module")
-def synthetic_split(tmp_path_factory) -> tuple:
-    root = write_class_tree(tmp_path_factory.mktemp("synthetic"), n_per_class=40, size=48)
-    images = preprocess_imageset(read_class_folders(root, "NORMAL", r"^(patient\w\d+)"),
-                                 PreprocessConfig(image_size=32), progress=False)
-    images = split_train_val(images, SplitConfig(val_fraction=0.25, seed=0))
-    return images.split("train"), images.split("val")
 
 
 def test_two_processes_train_one_model_on_disjoint_halves(synthetic_split):

@@ -10,24 +10,16 @@ import pandas as pd
 import torch
 
 import run
-from cxr.infer.explain import gradcam_maps
-from cxr.infer.serving import predict_files
-from cxr.models.checkpoint import Checkpoint, CheckpointMeta, save_checkpoint
-from cxr.models.classifier import Classifier, ModelConfig
+from cxr.infer.explain import gradcam_maps, write_overlays
+from cxr.infer.serving import predict_files, preprocess_files
+from cxr.models.checkpoint import save_checkpoint
+from tests.helpers import random_checkpoint
 
 LABELS = ["Effusion", "Mass", "Nodule"]
 
 
-def random_checkpoint(size: int = 64) -> Checkpoint:
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet10t", head="linear")
-    meta = CheckpointMeta(model=cfg, image_size=size, label_names=LABELS, mean=0.5, std=0.25,
-                          preprocess={"image_size": size, "clahe": False})
-    return Checkpoint.from_model(Classifier(cfg, len(LABELS)).eval(), meta)
-
-
 def test_gradcam_is_the_linear_head_weighted_feature_map():
-    checkpoint = random_checkpoint()
+    checkpoint = random_checkpoint(0, 64, LABELS, clahe=False)
     weight = checkpoint.state_dict["head.fc.weight"]
     weight[:, ::2] = weight[:, ::2].abs() * 4  # a map with positive parts for every label
     image = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
@@ -44,7 +36,7 @@ def test_gradcam_is_the_linear_head_weighted_feature_map():
 
 
 def test_predict_cli_prints_probabilities_and_writes_overlays(tmp_path: Path, capsys):
-    checkpoint = random_checkpoint()
+    checkpoint = random_checkpoint(0, 64, LABELS, clahe=False)
     folder = save_checkpoint(checkpoint, tmp_path / "ckpt")
     images = tmp_path / "images"
     images.mkdir()
@@ -60,3 +52,7 @@ def test_predict_cli_prints_probabilities_and_writes_overlays(tmp_path: Path, ca
     assert "Effusion" in printed and f"{expected.loc[0, 'Mass']:.4f}" in printed
     overlay = cv2.imread(str(tmp_path / "cam" / "a_gradcam.png"))
     assert overlay.shape == (22 + 256, 2 * 256, 3)  # title strip + 4x-upscaled 64 px tile, top 2 side by side
+    served = preprocess_files(checkpoint, [str(images / "a.png")]).images[0]
+    reference = write_overlays(checkpoint, served, expected.loc[0, LABELS].to_numpy(float), tmp_path / "ref.png",
+                               top=2, device="cpu")
+    np.testing.assert_array_equal(overlay, cv2.imread(str(reference)))

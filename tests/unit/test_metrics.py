@@ -60,12 +60,23 @@ def test_fixed_thresholds_are_used_as_given():
     assert report["threshold"].tolist() == [0.5, 0.7]
 
 
-def test_plots_render():
+def pixels(image) -> np.ndarray:
+    """The RGB pixels of a rendered plot."""
+    return np.asarray(image.convert("RGB"))
+
+
+def test_plots_render_their_data():
     history = pd.DataFrame({"epoch": [1, 2], "train_loss": [0.6, 0.4], "val_loss": [0.5, 0.45],
                             "val_auc": [0.8, 0.85]})
-    for image in (roc_curves(Y, P, ["a", "b"], MASK), training_curves(history),
-                  confusion_matrices(label_report(Y, P, ["a", "b"]))):
+    other = history.assign(val_auc=[0.6, 0.95])
+    perfect = np.where(Y > 0.5, 0.9, 0.1)
+    pairs = [(roc_curves(Y, P, ["a", "b"], MASK), roc_curves(Y, perfect, ["a", "b"], MASK)),
+             (training_curves(history), training_curves(other)),
+             (confusion_matrices(label_report(Y, P, ["a", "b"])), confusion_matrices(label_report(Y, perfect, ["a", "b"])))]
+    for image, changed in pairs:
         assert image.size[0] > 200 and image.size[1] > 200
+        assert len(np.unique(pixels(image).reshape(-1, 3), axis=0)) > 10, "more than a blank canvas"
+        assert image.size != changed.size or not np.array_equal(pixels(image), pixels(changed)), "drawn from the data"
 
 
 def test_many_labels_get_one_roc_panel_each():

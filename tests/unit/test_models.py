@@ -40,11 +40,17 @@ def test_unknown_names_are_refused():
 
 
 def test_attention_head_weights_space():
-    head = create_head("attention", 16, 2)
+    torch.manual_seed(0)
+    head = create_head("attention", 16, 2).eval()
     features = torch.randn(3, 16, 5, 5)
-    assert head(features).shape == (3, 2)
-    assert head.last_attention.shape == (3, 1, 5, 5)
-    assert ((head.last_attention >= 0) & (head.last_attention <= 1)).all()
+    out = head(features)
+    attention = head.last_attention
+    assert attention.shape == (3, 1, 5, 5) and ((attention > 0) & (attention < 1)).all()
+    assert attention.std() > 0.01, "the map varies over space"
+    pooled = (features * attention).sum(dim=(2, 3)) / attention.sum(dim=(2, 3))
+    torch.testing.assert_close(out, head.fc(pooled))
+    uniform = features.mean(dim=(2, 3), keepdim=True).expand_as(features)
+    torch.testing.assert_close(head(uniform), head.fc(uniform[:, :, 0, 0]))
 
 
 def test_mlp_head_is_the_reference_shape():

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 import cxr.ssl.pretrain as pretrain_module
-from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
-from cxr.data.sources import read_class_folders
-from cxr.data.split import SplitConfig, split_train_val
 from cxr.models.backbones import create_backbone, feature_dim
+from cxr.models.checkpoint import BackboneCheckpoint, BackboneMeta
 from cxr.models.classifier import ModelConfig
 from cxr.ssl.methods import create_ssl_method, list_ssl_methods
 from cxr.ssl.pretrain import (RepresentationCollapseWarning, SSLConfig, collapse_check, positive_pairs,
@@ -20,7 +23,7 @@ from cxr.ssl.probe import probe
 from cxr.ssl.transforms import SSLAugmentConfig, ssl_view
 from cxr.train.config import TrainConfig
 from cxr.train.loop import fit
-from tests.conftest import synthetic_xray, write_class_tree
+from tests.helpers import labelled_split, synthetic_xray
 
 HEADS = {"hidden_dim": 64, "out_dim": 32}
 SMALL = {"simsiam": {"pred_hidden": 16}, "moco": {"memory_bank_size": 32},
@@ -114,15 +117,12 @@ def test_positive_pairs_modes_and_errors():
 
 
 @pytest.fixture(scope="module")
-def labelled(tmp_path_factory):
-    root = write_class_tree(tmp_path_factory.mktemp("ssl"), n_per_class=24, size=48)
-    images = preprocess_imageset(read_class_folders(root, "NORMAL", r"^(patient\w\d+)"),
-                                 PreprocessConfig(image_size=32), progress=False)
-    return split_train_val(images, SplitConfig(val_fraction=0.25))
+def labelled(tmp_path_factory) -> tuple:
+    return labelled_split(tmp_path_factory.mktemp("ssl"), n_per_class=24)
 
 
 def test_pretrained_backbone_initialises_fit_frozen_or_trainable(labelled):
-    train, val = labelled.split("train"), labelled.split("val")
+    train, val = labelled
     pairs = np.column_stack([np.arange(len(train)), np.roll(np.arange(len(train)), 1)])
     backbone, history = pretrain(train.images, "resnet10t", SSLConfig(epochs=2, batch_size=8, **HEADS), pairs, progress=False)
     assert list(history["epoch"]) == [1, 2] and backbone.meta.method == "simsiam"
@@ -139,5 +139,26 @@ def test_pretrained_backbone_initialises_fit_frozen_or_trainable(labelled):
     with pytest.raises(ValueError, match="pretrained backbone is 'resnet10t'"):
         fit(train, val, ModelConfig(backbone="resnet18"), TrainConfig(epochs=1), progress=False,
             backbone_init=backbone)
-    scores = probe(backbone, train, val, k=5)
-    assert 0 <= scores["linear_probe_auc"] <= 1 and 0 <= scores["knn_auc"] <= 1
+
+
+def pooled_by_hand(backbone: nn.Module, images: np.ndarray) -> np.ndarray:
+    """Spatial mean of the backbone's feature map of uint8 images normalised as (x/255 - 0.5) / 0.25."""
+    x = (torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        return backbone(x).mean(dim=(2, 3)).numpy()
+
+
+def test_probe_scores_are_scikit_learn_fits_on_pooled_features(labelled):
+    train, val = labelled
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet10t").eval()
+    meta = BackboneMeta(backbone="resnet10t", image_size=32, method="simsiam", positives="two_views", epochs=0,
+                        mean=0.5, std=0.25, final_loss=0.0, embedding_std=1.0)
+    train_x, val_x = pooled_by_hand(backbone, train.images), pooled_by_hand(backbone, val.images)
+    y, val_y = train.labels[:, 0] > 0.5, val.labels[:, 0]
+    linear = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(train_x, y)
+    knn = KNeighborsClassifier(n_neighbors=5, metric="cosine", weights="distance").fit(train_x, y)
+    scores = probe(BackboneCheckpoint.from_module(backbone, meta), train, val, k=5, device="cpu")
+    assert scores["linear_probe_auc"] == pytest.approx(roc_auc_score(val_y, linear.predict_proba(val_x)[:, 1]))
+    assert scores["knn_auc"] == pytest.approx(roc_auc_score(val_y, knn.predict_proba(val_x)[:, 1]))
+    assert scores["linear_probe_auc"] > 0.8, "the opacity is visible even to random features"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
 from cxr.data.sources import read_class_folders
-from cxr.data.split import SplitConfig, split_train_val
 from cxr.errors import DataError
 from cxr.models.classifier import ModelConfig
 from cxr.train.augment import AugmentConfig, augment_batch
@@ -18,20 +17,10 @@ from cxr.train.config import TrainConfig
 from cxr.data.imageset import ImageSet, make_manifest
 from cxr.train.loop import epoch_order, epoch_rows, fit, rows_per_epoch
 from cxr.train.mixing import mix_batch
-from cxr.train.optim import Schedule, balanced_sample_weights, create_optimizer
-from tests.conftest import write_class_tree
+from cxr.train.optim import balanced_sample_weights, create_optimizer, create_schedule
 
 FAST = dict(batch_size=16, lr=3e-3, num_threads=2)
 SWAPPING_SEED = 1  # its first permutation of two rows is [1, 0]
-
-
-@pytest.fixture(scope="module")
-def synthetic_split(tmp_path_factory) -> tuple:
-    root = write_class_tree(tmp_path_factory.mktemp("synthetic"), n_per_class=40, size=48)
-    images = read_class_folders(root, "NORMAL", r"^(patient\w\d+)")
-    images = preprocess_imageset(images, PreprocessConfig(image_size=32), progress=False)
-    images = split_train_val(images, SplitConfig(val_fraction=0.25, seed=0))
-    return images.split("train"), images.split("val")
 
 
 def test_fit_learns_a_visible_finding(synthetic_split):
@@ -56,7 +45,9 @@ def test_early_stopping_stops_after_patience(synthetic_split):
     train, val = synthetic_split
     cfg = TrainConfig(epochs=6, early_stopping_patience=1, **{**FAST, "lr": 1e-9})
     result = fit(train, val, ModelConfig(backbone="resnet10t"), cfg, progress=False)
-    assert len(result.history) < 6
+    aucs = result.history["val_auc"].tolist()
+    assert len(aucs) < 6 and aucs[-1] <= max(aucs[:-1]), "stopped at the first epoch that did not improve"
+    assert all(later > earlier for earlier, later in pairwise(aucs[:-1])), "every earlier epoch improved"
 
 
 def test_frozen_backbone_keeps_backbone_weights(synthetic_split):
@@ -75,9 +66,10 @@ def test_frozen_backbone_keeps_backbone_weights(synthetic_split):
 def test_on_epoch_receives_every_row(synthetic_split):
     train, val = synthetic_split
     rows = []
-    fit(train, val, ModelConfig(backbone="resnet10t"), TrainConfig(epochs=2, **FAST), progress=False,
-        on_epoch=rows.append)
+    result = fit(train, val, ModelConfig(backbone="resnet10t"), TrainConfig(epochs=2, **FAST), progress=False,
+                 on_epoch=rows.append)
     assert [r["epoch"] for r in rows] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in rows)
+    assert rows == result.history.to_dict("records")
 
 
 def test_fit_refuses_undecoded_or_one_class_val(synthetic_split, class_tree: Path):
@@ -172,7 +164,7 @@ def test_schedules_step(name: str):
     model = torch.nn.Linear(2, 1)
     cfg = TrainConfig(scheduler=name, epochs=2, restart_epochs=3, plateau_patience=0)
     optimizer = create_optimizer(model, cfg)
-    schedule = Schedule(optimizer, cfg, steps_per_epoch=3)
+    schedule = create_schedule(optimizer, cfg, steps_per_epoch=3)
     lrs = []
     for epoch in range(2):
         for _ in range(3):
@@ -187,7 +179,7 @@ def test_onecycle_survives_a_run_of_two_steps():
     model = torch.nn.Linear(2, 1)
     cfg = TrainConfig(scheduler="onecycle", epochs=1)
     optimizer = create_optimizer(model, cfg)
-    schedule = Schedule(optimizer, cfg, steps_per_epoch=2)
+    schedule = create_schedule(optimizer, cfg, steps_per_epoch=2)
     for _ in range(2):
         optimizer.step()
         schedule.step_batch()
