@@ -105,8 +105,8 @@ def test_parallel_preprocess_equals_per_image_loop(class_tree: Path):
 def test_preprocess_takes_already_decoded_arrays(class_tree: Path):
     images = read_class_folders(class_tree, "NORMAL")
     decoded = preprocess_imageset(images, PreprocessConfig(image_size=64, clahe=False), progress=False)
-    resized = preprocess_imageset(decoded, PreprocessConfig(image_size=32, clahe=False), progress=False)
-    expected = [cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA) for image in decoded.images]
+    resized = preprocess_imageset(decoded, PreprocessConfig(image_size=24, clahe=False), progress=False)
+    expected = [cv2.resize(image, (24, 24), interpolation=cv2.INTER_AREA) for image in decoded.images]
     np.testing.assert_array_equal(resized.images, np.stack(expected))
 
 
