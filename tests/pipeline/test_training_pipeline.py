@@ -9,6 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import (
+    average_precision_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+)
+
+from tests.pipeline.conftest import output, statuses
 
 pytestmark = pytest.mark.slow
 
@@ -52,10 +61,6 @@ def write_config(folder: Path, data: Path, lr: float) -> Path:
     return path
 
 
-def statuses(run) -> dict[str, str]:
-    return {name: str(step.status.value) for name, step in run.steps.items()}
-
-
 @pytest.fixture(scope="module")
 def runs(mini_kermany: Path, tmp_path_factory):
     """Three runs: fresh; the fine-tune lr changed; the same again (all cached)."""
@@ -69,10 +74,6 @@ def runs(mini_kermany: Path, tmp_path_factory):
     third = cli.train(str(write_config(folder, mini_kermany, 3e-3)), "third")
     client = Client()
     return folder, [client.get_pipeline_run(r.id) for r in (first, second, third)]
-
-
-def output(run, step: str, name: str):
-    return run.steps[step].outputs[name][0].load()
 
 
 def test_first_run_executes_every_step(runs):
@@ -97,18 +98,24 @@ def test_artifacts_hold_what_later_steps_need(runs):
     assert output(first, "evaluate", "roc_curve").size[0] > 100
 
 
-def test_metrics_are_in_range(runs):
+def test_val_metrics_are_scikit_learns_on_the_val_predictions(runs):
     _, (first, _, _) = runs
-    metrics = output(first, "evaluate", "val_metrics")
-    for key in ("mean_auc", "mean_average_precision", "mean_f1", "auc_pneumonia"):
-        assert 0.0 <= metrics[key] <= 1.0, key
-    assert -1.0 <= metrics["mean_kappa"] <= 1.0
-    report = output(first, "evaluate", "val_report")
-    assert report.loc[0, ["tn", "fp", "fn", "tp"]].sum() == report.loc[0, "n_known"]
+    val = output(first, "preprocess_images", "decoded_images").split("val")
+    y = val.labels[:, 0].astype(int)
+    p = output(first, "tta_predict_val", "predictions").set_index("id").loc[val.ids, "pneumonia"].to_numpy()
+    metrics, report = output(first, "evaluate", "val_metrics"), output(first, "evaluate", "val_report").iloc[0]
+    assert metrics["auc_pneumonia"] == metrics["mean_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
+    assert metrics["mean_average_precision"] == pytest.approx(average_precision_score(y, p), abs=1e-9)
+    candidates = [t for t in np.unique(p) if 0.01 <= t <= 0.99]
+    assert metrics["mean_f1"] == pytest.approx(max(f1_score(y, p >= t) for t in candidates), abs=1e-9)
+    predicted = (p >= report["threshold"]).astype(int)
+    assert metrics["mean_kappa"] == pytest.approx(cohen_kappa_score(y, predicted), abs=1e-9)
+    tn, fp, fn, tp = confusion_matrix(y, predicted, labels=[0, 1]).ravel()
+    assert (report["tn"], report["fp"], report["fn"], report["tp"]) == (tn, fp, fn, tp)
 
 
 def test_submission_follows_the_sample(runs, mini_kermany):
-    folder, (first, _, third) = runs
+    folder, (_, _, third) = runs
     sample = pd.read_csv(mini_kermany / "test" / "sample_submission.csv")
     written = pd.read_csv(folder / "submission.csv")
     assert list(written.columns) == ["id", "pneumonia"]
