@@ -1,5 +1,6 @@
 """Multi-label training with unknown labels and the CFT branch through ZenML, on generated
-images in the NIH Data_Entry format; GA knobs alone re-run only CFT and what follows."""
+images in the NIH Data_Entry format: CFT rewrites only the last-layer rows it tuned, GA knobs
+alone re-run only CFT and what follows, and the CFT checkpoint is served and predicted."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
+from sklearn.metrics import average_precision_score
 
 from cxr.data.label_tables import NIH_FINDINGS
 from tests.conftest import synthetic_xray
+from tests.pipeline.conftest import output, run_and_fetch, statuses, use_stack_tracking, write_yaml
 
 pytestmark = pytest.mark.slow
 
 FINDINGS = list(NIH_FINDINGS)
+MIN_KNOWN = 2
 
 
 def write_nih_folder(root: Path, n: int = 64, size: int = 32) -> Path:
@@ -43,8 +46,7 @@ def nih_data(tmp_path_factory) -> Path:
 
 
 def write_config(folder: Path, data: Path, population: int) -> Path:
-    path = folder / f"nih-{population}.yaml"
-    path.write_text(yaml.safe_dump({"parameters": {
+    return write_yaml(folder / f"nih-{population}.yaml", {"parameters": {
         "data": {"source": "nih", "path": str(data / "labels.csv"), "image_dir": str(data / "images")},
         "split": {"val_fraction": 0.25},
         "preprocess": {"image_size": 32},
@@ -52,79 +54,118 @@ def write_config(folder: Path, data: Path, population: int) -> Path:
         "train": {"epochs": 2, "batch_size": 8, "loss": "pos_weight_bce", "negative_keep_fraction": 0.5},
         "tta_views": ["original"],
         "registered_model_name": "cxr-nih-test",
-        "cft": {"population": population, "generations": 5, "patience": 5, "min_known": 2},
+        "cft": {"population": population, "generations": 5, "patience": 5, "min_known": MIN_KNOWN},
         "promotion": {"n_bootstrap": 200},
-    }, "model": {"name": "cxr-nih-test"}}))
-    return path
+    }, "model": {"name": "cxr-nih-test"}})
 
 
-def test_cft_branch_updates_only_the_last_layer_and_reruns_alone(tmp_path: Path, nih_data: Path):
-    from zenml.client import Client
+@pytest.fixture(scope="module")
+def nih_runs(nih_data: Path, tmp_path_factory) -> dict:
+    """``first`` (GA population 8), then ``second``: only the GA population changes (12)."""
+    folder = tmp_path_factory.mktemp("nih-configs")
+    return {name: run_and_fetch("train", write_config(folder, nih_data, population), f"nih-{name}")
+            for name, population in (("first", 8), ("second", 12))}
 
-    from pipelines import runner as cli
 
-    data = nih_data
-    first = Client().get_pipeline_run(cli.train(str(write_config(tmp_path, data, 8)), "nih-first").id)
-    assert str(first.status.value) == "completed"
-    before = first.steps["finetune"].outputs["checkpoint"][0].load()
-    after = first.steps["cft_finetune"].outputs["cft_checkpoint"][0].load()
+def last_layer_rows(checkpoint) -> torch.Tensor:
+    """(L, D + 1): each finding's last-layer weights and bias."""
+    return torch.cat([checkpoint.state_dict["head.fc.weight"], checkpoint.state_dict["head.fc.bias"][:, None]], 1)
+
+
+def test_cft_rewrites_only_the_last_layer_rows_it_improved(nih_runs):
+    first = nih_runs["first"]
+    before, after = output(first, "finetune", "checkpoint"), output(first, "cft_finetune", "cft_checkpoint")
     assert after.meta.label_names == FINDINGS
     changed = {k for k in before.state_dict if not torch.equal(before.state_dict[k], after.state_dict[k])}
-    assert changed <= {"head.fc.weight", "head.fc.bias"}
-    report = first.steps["cft_finetune"].outputs["cft_report"][0].load()
+    assert "head.fc.weight" in changed and changed <= {"head.fc.weight", "head.fc.bias"}
+    report = output(first, "cft_finetune", "cft_report")
     assert list(report["label"]) == FINDINGS
-    tuned = report[report["skipped"] == ""]
-    assert "Effusion" in set(tuned["label"]) and (tuned["val_fitness_after"] >= tuned["val_fitness_before"]).all()
-    assert (report.loc[report["skipped"] != "", "train_known"] >= 0).all()
-    features = first.steps["cft_features"].outputs["train_features"][0].load()
-    assert features.shape == (len(first.steps["split_dataset"].outputs["split_images"][0].load().split("train")), 512)
-    metrics = first.steps["evaluate"].outputs["val_metrics"][0].load()
-    assert 0 <= metrics["min_auc"] <= metrics["median_auc"] <= metrics["max_auc"] <= 1
-
-    second = Client().get_pipeline_run(cli.train(str(write_config(tmp_path, data, 12)), "nih-second").id)
-    status = {name: str(step.status.value) for name, step in second.steps.items()}
-    assert status["finetune"] == status["cft_features"] == "cached"
-    assert status["cft_finetune"] == status["evaluate"] == "completed"
+    improved = (report["skipped"] == "") & (report["val_fitness_after"] > report["val_fitness_before"])
+    assert improved.any()
+    rows_changed = (last_layer_rows(before) != last_layer_rows(after)).any(1).numpy()
+    assert list(rows_changed) == list(improved), "rows rewritten must be exactly the findings CFT improved on val"
 
 
-def test_promotion_moves_aliases_and_mirrors_the_zenml_stage():
-    import mlflow
-    from zenml.client import Client
-
-    from pipelines import runner as cli
-
-    client = Client()
-    runs = {name: client.get_pipeline_run(name) for name in ("nih-first", "nih-second")}
-    first = runs["nih-first"].steps["promote_model"].outputs["promotion"][0].load()
-    second = runs["nih-second"].steps["promote_model"].outputs["promotion"][0].load()
-    assert first["alias"] == "champion" and first["reason"] == "no champion yet"
-    assert second["alias"] in ("champion", "challenger") and second["champion_before"] == 1
-    assert second["alias"] == ("champion" if second["ci_low"] > 0 else "challenger")
-    mlflow.set_tracking_uri(cli.tracking_uri())
-    champion = mlflow.MlflowClient().get_model_version_by_alias("cxr-nih-test", "champion")
-    assert int(champion.version) == (2 if second["alias"] == "champion" else 1)
-    stages = {str(getattr(v.stage, "value", v.stage)) for v in client.list_model_versions("cxr-nih-test").items}
-    assert "production" in stages
+def test_cft_report_fitness_is_the_new_rows_val_average_precision(nih_runs):
+    first = nih_runs["first"]
+    after, report = output(first, "cft_finetune", "cft_checkpoint"), output(first, "cft_finetune", "cft_report")
+    val = output(first, "split_dataset", "split_images").split("val")
+    scores = output(first, "cft_features", "val_features") @ last_layer_rows(after)[:, :-1].numpy().T \
+        + last_layer_rows(after)[:, -1].numpy()
+    for j in np.flatnonzero(report["skipped"] == ""):
+        known = val.mask[:, j]
+        ap = average_precision_score(val.labels[known, j], scores[known, j])
+        assert report.loc[j, "val_fitness_after"] == pytest.approx(ap, abs=0.02), FINDINGS[j]
 
 
-def test_inference_pipeline_streams_new_images_through_the_champion(tmp_path: Path, nih_data: Path):
+def test_cft_skips_exactly_the_findings_with_too_few_known_positives_or_negatives(nih_runs):
+    first = nih_runs["first"]
+    report = output(first, "cft_finetune", "cft_report").set_index("label")
+    images = output(first, "split_dataset", "split_images")
+    rarest = {}
+    for part, least in (("train", MIN_KNOWN), ("val", 2)):
+        subset = images.split(part)
+        positives = (subset.labels * subset.mask).sum(0)
+        rarest[part] = np.minimum(positives, subset.mask.sum(0) - positives)
+        assert list(report[f"{part}_known"]) == list(subset.mask.sum(0))
+    too_few = (rarest["train"] < MIN_KNOWN) | (rarest["val"] < 2)
+    assert 0 < too_few.sum() < len(FINDINGS)
+    assert list(report["skipped"] != "") == list(too_few)
+    assert set(report.loc[report["skipped"] != "", "skipped"]) == {"too few known positives or negatives"}
+
+
+def test_cft_features_are_the_penultimate_features_of_each_split(nih_runs):
+    first = nih_runs["first"]
+    images = output(first, "split_dataset", "split_images")
+    for part in ("train", "val"):
+        assert output(first, "cft_features", f"{part}_features").shape == (len(images.split(part)), 512)
+
+
+def test_ga_knobs_alone_rerun_only_cft_and_what_follows(nih_runs):
+    status = statuses(nih_runs["second"])
+    assert status["split_dataset"] == status["finetune"] == status["cft_features"] == "cached"
+    assert status["cft_finetune"] == status["evaluate"] == status["register_model"] == "completed"
+
+
+def test_predict_with_the_latest_cft_checkpoint_artifact(nih_runs, nih_data: Path, tmp_path: Path, capsys):
+    import run
+    from cxr.infer.serving import predict_files
+
+    second = nih_runs["second"]
+    (tmp_path / "scans").mkdir()
+    names = sorted(p.name for p in (nih_data / "images").iterdir())[:5]
+    for name in names:
+        (tmp_path / "scans" / name).write_bytes((nih_data / "images" / name).read_bytes())
+    csv = tmp_path / "probs.csv"
+    assert run.main(["predict", str(tmp_path / "scans"), "--artifact", "cft_checkpoint", "--csv", str(csv)]) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in names)
+    written = pd.read_csv(csv).set_index("id").loc[names, FINDINGS].to_numpy()
+    paths = [str(tmp_path / "scans" / n) for n in names]
+    cft, plain = (predict_files(output(second, step, name), paths, names)[FINDINGS].to_numpy()
+                  for step, name in (("cft_finetune", "cft_checkpoint"), ("finetune", "checkpoint")))
+    np.testing.assert_allclose(written, cft, atol=1e-6)
+    tuned = (last_layer_rows(output(second, "finetune", "checkpoint"))
+             != last_layer_rows(output(second, "cft_finetune", "cft_checkpoint"))).any(1).numpy()
+    assert np.abs(written - plain)[:, tuned].max() > 1e-4, "the plain checkpoint's predictions, not CFT's"
+
+
+def test_inference_pipeline_streams_new_images_through_the_champion(nih_runs, tmp_path: Path, nih_data: Path):
     import mlflow
 
     from cxr.infer.serving import predict_files
-    from pipelines import runner as cli
     from steps.registry.lifecycle import served_model
 
-    config = tmp_path / "infer.yaml"
-    config.write_text(yaml.safe_dump({"parameters": {
+    config = write_yaml(tmp_path / "infer.yaml", {"parameters": {
         "data": {"source": "images", "path": str(nih_data / "images"), "label_names": FINDINGS},
         "registered_model_name": "cxr-nih-test", "output_path": str(tmp_path / "pred.csv"), "chunk_size": 16,
-    }}))
+    }})
     mlflow.set_tracking_uri("")  # as in a fresh process: the step must find the stack's registry itself
-    run = cli.infer(str(config), "nih-infer")
+    run = run_and_fetch("infer", config, "nih-infer")
     assert str(run.status.value) == "completed"
     written = pd.read_csv(tmp_path / "pred.csv")
     assert len(written) == 64 and list(written.columns) == ["id", *FINDINGS]
-    mlflow.set_tracking_uri(cli.tracking_uri())
+    use_stack_tracking()
     champion = served_model("models:/cxr-nih-test@champion")
     paths = sorted(str(p) for p in (nih_data / "images").iterdir())[:5]
     expected = predict_files(champion, paths, [Path(p).stem for p in paths])
