@@ -1,5 +1,6 @@
-"""The ensemble pipeline: one cached branch per member; adding a member trains only that one;
-the ensemble is registered, served and promoted as one model version."""
+"""The ensemble pipeline: one cached branch per member; adding members trains only those; a
+member that cannot learn is dropped; the kept members are registered, served and promoted as
+one model version."""
 
 from __future__ import annotations
 
@@ -8,72 +9,115 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from sklearn.metrics import roc_auc_score
 
 from tests.conftest import write_class_tree
+from tests.pipeline.conftest import folders_source, output, run_and_fetch, statuses, use_stack_tracking, write_yaml
 
 pytestmark = pytest.mark.slow
 
-# the added member trains data-parallel (two Gloo processes), as a multi-GPU step would
-MEMBERS = [{"name": "resnet", "model": {"backbone": "resnet10t"}, "train": {"epochs": 1, "batch_size": 8}},
-           {"name": "mobilenet", "model": {"backbone": "mobilenetv3_small_050"}, "train": {"epochs": 1, "batch_size": 8}},
-           {"name": "efficientnet", "model": {"backbone": "efficientnet_b0"},
-            "train": {"epochs": 1, "batch_size": 8, "processes": 2, "device": "cpu"}}]
+NAME, AUC_FLOOR, VIEWS = "cxr-ensemble-test", 0.75, ["original", "hflip"]
+LEARN = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "samples_per_epoch": 128}
+# the third member trains data-parallel (two Gloo processes), as a multi-GPU step would
+MEMBERS = [{"name": "resnet", "model": {"backbone": "resnet10t"}, "train": LEARN},
+           {"name": "mobilenet", "model": {"backbone": "mobilenetv3_small_100"}, "train": LEARN},
+           {"name": "resnet14", "model": {"backbone": "resnet14t"}, "train": {**LEARN, "processes": 2, "device": "cpu"}}]
+# AdamW's decoupled decay with lr x weight_decay = 1 wipes every conv and linear weight at each
+# step: this member predicts one constant, so its val AUC is exactly 0.5 whatever the seed
+WEAK = {"name": "weak", "model": {"backbone": "resnet10t"},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-9, "weight_decay": 1e9}}
+KEPT = [m["name"] for m in MEMBERS]
 
 
 def write_config(folder: Path, data: Path, members: list[dict]) -> Path:
-    path = folder / f"ensemble-{len(members)}.yaml"
-    path.write_text(yaml.safe_dump({"parameters": {
-        "data": {"source": "folders", "path": str(data), "negative_class": "NORMAL",
-                 "patient_id_pattern": r"^(patient\w\d+)"},
+    """Members trained on 32 px images without CLAHE, whose 4 px tiles would flatten the opacities."""
+    return write_yaml(folder / f"ensemble-{len(members)}.yaml", {"parameters": {
+        "data": folders_source(data),
         "test_data": {"source": "images", "path": str(data / "PNEUMONIA"), "label_names": ["pneumonia"]},
         "submission_path": str(folder / "submission.csv"),
         "split": {"val_fraction": 0.25},
-        "preprocess": {"image_size": 32},
+        "preprocess": {"image_size": 32, "clahe": False},
         "members": members,
-        "ensemble": {"auc_floor": 0.0, "max_gap": 1.0},
-        "tta_views": ["original", "hflip"],
-        "registered_model_name": "cxr-ensemble-test",
+        "ensemble": {"auc_floor": AUC_FLOOR, "max_gap": 1.0},
+        "tta_views": VIEWS,
+        "registered_model_name": NAME,
         "promotion": {"n_bootstrap": 200},
-    }}))
-    return path
+    }})
 
 
-def test_members_branch_cache_ensemble_and_promotion(tmp_path: Path):
-    import mlflow
-    from zenml.client import Client
+@pytest.fixture(scope="module")
+def ensemble_runs(tmp_path_factory) -> dict:
+    """``two`` members, then ``four``: the same two, a data-parallel one and one that cannot learn."""
+    folder = tmp_path_factory.mktemp("ensemble")
+    data = write_class_tree(folder / "data", n_per_class=16, size=32)
+    runs = {name: run_and_fetch("ensemble", write_config(folder, data, members), f"ensemble-{name}")
+            for name, members in (("two", MEMBERS[:2]), ("four", [*MEMBERS, WEAK]))}
+    return {**runs, "folder": folder}
 
-    from pipelines import runner as cli
 
-    data = write_class_tree(tmp_path / "data", n_per_class=16, size=32)
-    first = cli.run_pipeline("ensemble", str(write_config(tmp_path, data, MEMBERS[:2])), "ensemble-2")
-    second = cli.run_pipeline("ensemble", str(write_config(tmp_path, data, MEMBERS)), "ensemble-3")
-    first, second = (Client().get_pipeline_run(r.id) for r in (first, second))
-    status = {name: str(step.status.value) for name, step in second.steps.items()}
+def member_predictions(run, name: str) -> np.ndarray:
+    return output(run, f"tta_val_{name}", "predictions")["pneumonia"].to_numpy()
+
+
+def report(run) -> pd.DataFrame:
+    return output(run, "ensemble_predictions", "ensemble_report").set_index("member")
+
+
+def test_adding_members_trains_only_the_new_branches(ensemble_runs):
+    status = statuses(ensemble_runs["four"])
     assert status["finetune_resnet"] == status["finetune_mobilenet"] == "cached"
-    assert status["finetune_efficientnet"] == "completed" and status["ensemble_predictions"] == "completed"
-    assert len(second.steps["finetune_efficientnet"].outputs["history"][0].load()) == 1
-    report = second.steps["ensemble_predictions"].outputs["ensemble_report"][0].load()
-    assert list(report["member"]) == ["resnet", "mobilenet", "efficientnet", "ensemble", "ensemble_cross_fit"]
-    assert np.isclose(report.loc[~report["member"].str.startswith("ensemble"), "weight"].sum(), 1.0)
-    assert 0.0 <= report.set_index("member").loc["ensemble_cross_fit", "val_auc"] <= 1.0
-    written = pd.read_csv(tmp_path / "submission.csv")
+    assert status["finetune_resnet14"] == status["finetune_weak"] == status["ensemble_predictions"] == "completed"
+    assert len(output(ensemble_runs["four"], "finetune_resnet14", "history")) == LEARN["epochs"]
+    written = pd.read_csv(ensemble_runs["folder"] / "submission.csv")
     assert list(written.columns) == ["id", "pneumonia"] and len(written) == 16
-    val = second.steps["ensemble_predictions"].outputs["ensemble_val_predictions"][0].load()
-    members = [second.steps[f"tta_val_{m['name']}"].outputs["predictions"][0].load() for m in MEMBERS]
-    weights = report.set_index("member")["weight"]
-    expected = sum(weights[m["name"]] * p["pneumonia"].to_numpy() for m, p in zip(MEMBERS, members))
-    np.testing.assert_allclose(val["pneumonia"].to_numpy(), expected, atol=1e-6)
 
-    # the registered version serves exactly this ensemble (members, weights, TTA views)
-    promotions = [run.steps["promote_model"].outputs["promotion"][0].load() for run in (first, second)]
-    assert promotions[0]["alias"] == "champion" and promotions[0]["reason"] == "no champion yet"
-    mlflow.set_tracking_uri(cli.tracking_uri())
-    client = mlflow.MlflowClient()
-    version = second.steps["register_ensemble"].outputs["model_version"][0].load()
-    assert promotions[1]["alias"] in client.get_model_version("cxr-ensemble-test", str(version)).aliases
-    served = mlflow.pyfunc.load_model(f"models:/cxr-ensemble-test/{version}")
-    val_set = second.steps["preprocess_images"].outputs["decoded_images"][0].load().split("val")
-    frame = pd.DataFrame({"id": val_set.ids, "path": val_set.manifest["path"]})
-    got = served.predict(frame, params={"views": ["original", "hflip"]})
-    np.testing.assert_allclose(got["pneumonia"].to_numpy(), val["pneumonia"].to_numpy(), atol=1e-5)
+
+def test_the_member_that_cannot_learn_is_dropped_with_the_reason(ensemble_runs):
+    run = ensemble_runs["four"]
+    table = report(run)
+    assert list(table.index) == [*KEPT, "weak", "ensemble", "ensemble_cross_fit"]
+    y = output(run, "preprocess_images", "decoded_images").split("val").labels[:, 0]
+    aucs = {m: roc_auc_score(y, member_predictions(run, m)) for m in [*KEPT, "weak"]}
+    assert table.loc[[*KEPT, "weak"], "val_auc"].to_dict() == pytest.approx(aucs, abs=1e-9)
+    assert aucs["weak"] == 0.5 and min(aucs[m] for m in KEPT) >= AUC_FLOOR
+    assert table.loc["weak", "dropped"] == f"val AUC {aucs['weak']:.4f} below the floor {AUC_FLOOR}"
+    assert table.loc["weak", "weight"] == 0.0 and (table.loc[KEPT, "dropped"] == "").all()
+    expected = np.array([aucs[m] for m in KEPT]) / sum(aucs[m] for m in KEPT)
+    np.testing.assert_allclose(table.loc[KEPT, "weight"], expected, atol=1e-9)
+
+
+def test_ensemble_predictions_are_the_kept_members_weighted_average(ensemble_runs):
+    run = ensemble_runs["four"]
+    weights = report(run)["weight"]
+    expected = sum(weights[m] * member_predictions(run, m) for m in KEPT)
+    got = output(run, "ensemble_predictions", "ensemble_val_predictions")["pneumonia"].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_the_registered_version_serves_only_the_kept_members(ensemble_runs):
+    import mlflow
+
+    from steps.registry.lifecycle import served_model
+
+    run = ensemble_runs["four"]
+    version = output(run, "register_ensemble", "model_version")
+    use_stack_tracking()
+    tags = mlflow.MlflowClient().get_model_version(NAME, str(version)).tags
+    assert tags["ensemble_members"] == ",".join(KEPT)
+    assert list(served_model(f"models:/{NAME}/{version}").members) == KEPT
+    val = output(run, "preprocess_images", "decoded_images").split("val")
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}").predict(
+        pd.DataFrame({"id": val.ids, "path": val.manifest["path"]}), params={"views": VIEWS})
+    expected = output(run, "ensemble_predictions", "ensemble_val_predictions")
+    np.testing.assert_allclose(served["pneumonia"], expected["pneumonia"], atol=1e-5)
+
+
+def test_ensembles_enter_the_promotion_contest(ensemble_runs):
+    import mlflow
+
+    first, second = (output(ensemble_runs[n], "promote_model", "promotion") for n in ("two", "four"))
+    assert (first["alias"], first["reason"]) == ("champion", "no champion yet")
+    assert second["champion_before"] == output(ensemble_runs["two"], "register_ensemble", "model_version")
+    use_stack_tracking()
+    version = output(ensemble_runs["four"], "register_ensemble", "model_version")
+    assert mlflow.MlflowClient().get_model_version(NAME, str(version)).aliases == [second["alias"]]
