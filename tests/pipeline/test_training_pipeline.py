@@ -1,10 +1,13 @@
-"""The training pipeline through ZenML on a few dozen real Kermany images (isolated store)."""
+"""The training pipeline through ZenML on a few dozen real Kermany images (isolated store):
+what each step hands on, metrics, submission, caching (a knob change, an untouched re-run, an
+image edited on disk), registered versions, and the CLI's ``info`` and ``predict``."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +20,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from tests.pipeline.conftest import output, statuses
+from tests.pipeline.conftest import output, run_and_fetch, statuses, use_stack_tracking
 
 pytestmark = pytest.mark.slow
 
@@ -62,29 +65,35 @@ def write_config(folder: Path, data: Path, lr: float) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(mini_kermany: Path, tmp_path_factory):
-    """Three runs: fresh; the fine-tune lr changed; the same again (all cached)."""
-    from zenml.client import Client
-
-    from pipelines import runner as cli
-
+def runs(mini_kermany: Path, tmp_path_factory) -> dict:
+    """Four runs: ``first``; ``second`` (fine-tune lr changed); ``third`` (the same again, files
+    untouched); ``edited`` (the same after one training image's pixels were inverted in place)."""
     folder = tmp_path_factory.mktemp("runs")
-    first = cli.train(str(write_config(folder, mini_kermany, 1e-3)), "first")
-    second = cli.train(str(write_config(folder, mini_kermany, 3e-3)), "second")
-    third = cli.train(str(write_config(folder, mini_kermany, 3e-3)), "third")
-    client = Client()
-    return folder, [client.get_pipeline_run(r.id) for r in (first, second, third)]
+    configs = {lr: write_config(folder, mini_kermany, lr) for lr in (1e-3, 3e-3)}
+    runs = {name: run_and_fetch("train", configs[lr], name) for name, lr in
+            (("first", 1e-3), ("second", 3e-3), ("third", 3e-3))}
+    image = edited_image(mini_kermany)
+    cv2.imwrite(str(image), 255 - cv2.imread(str(image), cv2.IMREAD_GRAYSCALE))
+    return {**runs, "edited": run_and_fetch("train", configs[3e-3], "edited-image"), "folder": folder}
+
+
+def edited_image(data: Path) -> Path:
+    return sorted((data / "train" / "NORMAL").iterdir())[0]
+
+
+def ingest_hash(run) -> str:
+    return run.steps["ingest"].outputs["images"][0].content_hash
 
 
 def test_first_run_executes_every_step(runs):
-    _, (first, _, _) = runs
+    first = runs["first"]
     assert str(first.status.value) == "completed"
     assert set(statuses(first).values()) == {"completed"}
     assert FEATURE_STEPS | TRAINING_STEPS | {"ingest", "ingest_test", "submission"} == set(first.steps)
 
 
 def test_artifacts_hold_what_later_steps_need(runs):
-    _, (first, _, _) = runs
+    first = runs["first"]
     decoded = output(first, "preprocess_images", "decoded_images")
     assert decoded.images.dtype == np.uint8 and decoded.images.shape == (2 * N_PER_CLASS, SIZE, SIZE)
     assert set(decoded.manifest["split"]) == {"train", "val"}
@@ -99,7 +108,7 @@ def test_artifacts_hold_what_later_steps_need(runs):
 
 
 def test_val_metrics_are_scikit_learns_on_the_val_predictions(runs):
-    _, (first, _, _) = runs
+    first = runs["first"]
     val = output(first, "preprocess_images", "decoded_images").split("val")
     y = val.labels[:, 0].astype(int)
     p = output(first, "tta_predict_val", "predictions").set_index("id").loc[val.ids, "pneumonia"].to_numpy()
@@ -115,23 +124,41 @@ def test_val_metrics_are_scikit_learns_on_the_val_predictions(runs):
 
 
 def test_submission_follows_the_sample(runs, mini_kermany):
-    folder, (_, _, third) = runs
     sample = pd.read_csv(mini_kermany / "test" / "sample_submission.csv")
-    written = pd.read_csv(folder / "submission.csv")
+    written = pd.read_csv(runs["folder"] / "submission.csv")
     assert list(written.columns) == ["id", "pneumonia"]
     assert list(written["id"]) == list(sample["id"])
     assert written["pneumonia"].between(0, 1).all() and written["pneumonia"].std() > 0
-    artifact = output(third, "submission", "submission")
+    artifact = output(runs["edited"], "submission", "submission")
     assert np.allclose(artifact["pneumonia"], written["pneumonia"], atol=1e-6)
 
 
 def test_changing_finetune_lr_reruns_finetune_and_what_follows_only(runs):
-    _, (_, second, third) = runs
-    status = statuses(second)
+    status = statuses(runs["second"])
     assert {s: status[s] for s in FEATURE_STEPS} == dict.fromkeys(FEATURE_STEPS, "cached")
     assert {s: status[s] for s in TRAINING_STEPS} == dict.fromkeys(TRAINING_STEPS, "completed")
-    status = statuses(third)
-    assert {s: status[s] for s in FEATURE_STEPS | TRAINING_STEPS} == dict.fromkeys(FEATURE_STEPS | TRAINING_STEPS, "cached")
+
+
+def test_an_untouched_rerun_keeps_the_hash_and_the_cache(runs):
+    assert ingest_hash(runs["third"]) == ingest_hash(runs["second"])
+    status, downstream = statuses(runs["third"]), FEATURE_STEPS | TRAINING_STEPS
+    assert status["ingest"] == "completed"
+    assert {s: status[s] for s in downstream} == dict.fromkeys(downstream, "cached")
+
+
+def test_editing_one_image_on_disk_reruns_what_reads_it(runs, mini_kermany):
+    assert ingest_hash(runs["edited"]) != ingest_hash(runs["third"])
+    status = statuses(runs["edited"])
+    reread = {"split_dataset", "preprocess_images"} | TRAINING_STEPS
+    assert {s: status[s] for s in reread} == dict.fromkeys(reread, "completed")
+    assert status["preprocess_test"] == "cached", "the test images did not change"
+    before = output(runs["third"], "preprocess_images", "decoded_images")
+    after = output(runs["edited"], "preprocess_images", "decoded_images")
+    assert after.ids == before.ids
+    edited = after.ids.index(edited_image(mini_kermany).stem)
+    same = [i for i in range(len(after)) if i != edited]
+    assert np.array_equal(after.images[same], before.images[same])
+    assert np.abs(after.images[edited].astype(int) - before.images[edited]).mean() > 20
 
 
 def test_registered_versions_load_through_the_core(runs, mini_kermany):
@@ -139,14 +166,13 @@ def test_registered_versions_load_through_the_core(runs, mini_kermany):
     from mlflow import MlflowClient
 
     from cxr.infer.serving import predict_files
-    from pipelines import runner as cli
 
-    _, (first, second, _) = runs
-    mlflow.set_tracking_uri(cli.tracking_uri())
+    second = runs["second"]
+    use_stack_tracking()
     versions = {int(v.version): v for v in MlflowClient().search_model_versions("name='cxr-test'")}
-    assert sorted(versions) == [1, 2], "the cached third run must not add a version"
-    assert versions[1].tags["zenml_run_id"] == str(first.id)
-    assert versions[2].tags["zenml_run_id"] == str(second.id)
+    assert sorted(versions) == [1, 2, 3], "the cached third run must not add a version"
+    tagged = [versions[v].tags["zenml_run_id"] for v in (1, 2, 3)]
+    assert tagged == [str(runs[name].id) for name in ("first", "second", "edited")]
     metrics = output(second, "evaluate", "val_metrics")
     assert float(versions[2].tags["val_mean_auc"]) == pytest.approx(metrics["mean_auc"], abs=1e-6)
 
@@ -154,3 +180,31 @@ def test_registered_versions_load_through_the_core(runs, mini_kermany):
     served = mlflow.pyfunc.load_model("models:/cxr-test/2").predict(pd.DataFrame({"path": paths}))
     direct = predict_files(output(second, "finetune", "checkpoint"), paths)
     assert np.allclose(served["pneumonia"], direct["pneumonia"], atol=1e-5)
+
+
+def test_info_prints_the_stack_tracking_uri_and_latest_run(runs, capsys):
+    import run
+    from pipelines import runner
+
+    assert run.main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3:] == ["stack: cxr_local", f"MLflow tracking URI: {runner.tracking_uri()}",
+                          "latest run: edited-image (completed)"]
+
+
+def test_predict_with_the_latest_checkpoint_artifact(runs, mini_kermany, tmp_path: Path, capsys):
+    import run
+    from cxr.infer.serving import predict_files
+
+    names = sorted(p.name for p in (mini_kermany / "test" / "images").iterdir())[:4]
+    (tmp_path / "scans").mkdir()
+    for name in names:
+        shutil.copy(mini_kermany / "test" / "images" / name, tmp_path / "scans")
+    csv = tmp_path / "probs.csv"
+    assert run.main(["predict", str(tmp_path / "scans"), "--artifact", "checkpoint", "--csv", str(csv)]) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in names)
+    written = pd.read_csv(csv).set_index("id").loc[names, "pneumonia"]
+    expected = predict_files(output(runs["edited"], "finetune", "checkpoint"),
+                             [str(tmp_path / "scans" / n) for n in names], names)
+    np.testing.assert_allclose(written, expected["pneumonia"], atol=1e-6)
