@@ -17,11 +17,12 @@ from tests.pipeline.conftest import folders_source, output, run_and_fetch, statu
 pytestmark = pytest.mark.slow
 
 NAME, AUC_FLOOR, VIEWS = "cxr-ensemble-test", 0.75, ["original", "hflip"]
-LEARN = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "samples_per_epoch": 128}
+LEARN = {"epochs": 1, "batch_size": 8, "lr": 3e-3, "samples_per_epoch": 128}
 # the third member trains data-parallel (two Gloo processes), as a multi-GPU step would
 MEMBERS = [{"name": "resnet", "model": {"backbone": "resnet10t"}, "train": LEARN},
            {"name": "mobilenet", "model": {"backbone": "mobilenetv3_small_100"}, "train": LEARN},
-           {"name": "resnet14", "model": {"backbone": "resnet14t"}, "train": {**LEARN, "processes": 2, "device": "cpu"}}]
+           {"name": "resnet14", "model": {"backbone": "resnet14t"},
+            "train": {**LEARN, "processes": 2, "device": "cpu"}}]
 # AdamW's decoupled decay with lr x weight_decay = 1 wipes every conv and linear weight at each
 # step: this member predicts one constant, so its val AUC is exactly 0.5 whatever the seed
 WEAK = {"name": "weak", "model": {"backbone": "resnet10t"},
