@@ -63,7 +63,7 @@ def ensemble_pipeline(
     member_finetune = finetune.with_options(settings={"experiment_tracker.mlflow": {"nested": True}})
     for member in members:
         checkpoint, history = member_finetune(images=images, model=member.model, train=member.train,
-                                              preprocess=preprocess, id=f"finetune_{member.name}")
+                                              preprocess=preprocess.model_dump(), id=f"finetune_{member.name}")
         checkpoints.append(checkpoint)
         val_predictions.append(tta_predict(checkpoint=checkpoint, images=images, subset="val", views=tta_views,
                                            id=f"tta_val_{member.name}"))

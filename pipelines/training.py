@@ -69,7 +69,7 @@ def training_pipeline(
             pairs, _ = nn_pairs(features=handcrafted_features(images=images))
         ssl_backbone, _, _ = ssl_pretrain(images=images, backbone=model.backbone, cfg=ssl, pairs=pairs)
         ssl_probe(ssl_backbone=ssl_backbone, images=images)
-    checkpoint, history = finetune(images=images, model=model, train=train, preprocess=preprocess,
+    checkpoint, history = finetune(images=images, model=model, train=train, preprocess=preprocess.model_dump(),
                                    ssl_backbone=ssl_backbone)
     if cft is not None:
         train_features, val_features = cft_features(checkpoint=checkpoint, images=images)

@@ -9,7 +9,6 @@ from zenml.enums import ArtifactType
 from zenml.logger import get_logger
 
 from cxr.data.imageset import ImageSet
-from cxr.data.preprocess import PreprocessConfig
 from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint
 from cxr.models.classifier import ModelConfig
 from cxr.train.config import TrainConfig
@@ -22,7 +21,7 @@ logger = get_logger(__name__)
 
 
 @step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
-def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preprocess: PreprocessConfig,
+def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preprocess: dict,
              ssl_backbone: Optional[BackboneCheckpoint] = None) -> Tuple[
     Annotated[Checkpoint, ArtifactConfig(name="checkpoint", artifact_type=ArtifactType.MODEL)],
     Annotated[pd.DataFrame, "history"],
@@ -34,11 +33,14 @@ def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preproces
     MLflow metrics. ``ssl_backbone`` (from ssl_pretrain) initialises the backbone; with
     ``model.freeze_backbone`` only the head trains on it. ``train.processes > 1`` trains
     data-parallel (one process per GPU; the step's ResourceSettings should ask for as many).
+    ``preprocess`` is the preprocessing settings as plain data, stored in the checkpoint so
+    serving decodes alike; as data, not the config class, so that editing preprocessing code
+    does not re-run training on bit-identical images.
     """
     mlflow.log_params(flatten("model", model.model_dump()) | flatten("train", train.model_dump()))
     run_fit = fit if train.processes == 1 else fit_data_parallel
     result = run_fit(images.split("train"), images.split("val"), model, train,
-                     preprocess=preprocess.model_dump(), on_epoch=epoch_logger(), backbone_init=ssl_backbone)
+                     preprocess=preprocess, on_epoch=epoch_logger(), backbone_init=ssl_backbone)
     meta = result.checkpoint.meta
     logger.info("best epoch %d of %d: val AUC %.4f", meta.epoch, len(result.history),
                 meta.val_metrics["val_auc"])

@@ -31,7 +31,9 @@ def test_preprocessing_depends_on_decode_and_clahe_not_on_training():
 
 
 def test_finetune_depends_on_losses_but_ssl_and_features_do_not():
-    assert {"cxr/train/losses.py", "cxr/runtime.py", "cxr/models/heads.py"} <= set(code_files("steps.train.finetune"))
+    finetune = set(code_files("steps.train.finetune"))
+    assert {"cxr/train/losses.py", "cxr/runtime.py", "cxr/models/heads.py"} <= finetune
+    assert "cxr/features/clahe.py" not in finetune and "cxr/data/preprocess.py" not in finetune
     for step in ("steps.ssl.ssl_pretrain", "steps.ssl.handcrafted_features", "steps.ssl.nn_pairs"):
         files = code_files(step)
         assert "cxr/train/losses.py" not in files and "cxr/train/loop.py" not in files, step
