@@ -20,17 +20,26 @@ os.environ["ZENML_REPOSITORY_PATH"] = str(_HOME / "repo")
 os.environ["ZENML_ANALYTICS_OPT_IN"] = "false"
 os.environ["ZENML_LOGGING_VERBOSITY"] = "WARN"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_HOME / 'mlflow.db'}"
-os.environ["_MLFLOW_SERVER_ARTIFACT_ROOT"] = str(_HOME / "mlflow-artifacts")  # default artifact root of a new store
+_MLFLOW_DEFAULTS = {"MLFLOW_TRACKING_URI": f"sqlite:///{_HOME / 'mlflow.db'}",
+                    "_MLFLOW_SERVER_ARTIFACT_ROOT": str(_HOME / "mlflow-artifacts")}  # default artifact root of a new store
+os.environ.update(_MLFLOW_DEFAULTS)
 (_HOME / "repo").mkdir(parents=True, exist_ok=True)
 
 import pytest  # noqa: E402
 
 from cxr.data.ingest import data_dir  # noqa: E402
 from tests.helpers import labelled_split, write_class_tree  # noqa: E402
-from tests.helpers import synthetic_xray  # noqa: E402, F401  (tests/pipeline import it from here)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def temporary_mlflow_store(monkeypatch) -> None:
+    """Every test starts with the temporary MLflow defaults: ZenML's MLflow tracker removes
+    MLFLOW_TRACKING_URI from the environment after a step, which would leave later tests
+    writing ./mlflow.db in the checkout."""
+    for name, value in _MLFLOW_DEFAULTS.items():
+        monkeypatch.setenv(name, value)
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tests.conftest import write_class_tree
+from tests.helpers import write_class_tree
 from tests.pipeline.conftest import folders_source, output, run_and_fetch, statuses, use_stack_tracking, write_yaml
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from cxr.data.label_tables import NIH_FINDINGS
-from tests.conftest import synthetic_xray
+from tests.helpers import synthetic_xray
 from tests.pipeline.conftest import output, run_and_fetch, statuses, use_stack_tracking, write_yaml
 
 pytestmark = pytest.mark.slow

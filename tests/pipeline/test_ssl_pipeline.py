@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import write_class_tree
+from tests.helpers import write_class_tree
 
 pytestmark = pytest.mark.slow
 
