@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -37,7 +38,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def temporary_mlflow_store(monkeypatch) -> None:
     """Every test starts with the temporary MLflow defaults: ZenML's MLflow tracker removes
     MLFLOW_TRACKING_URI from the environment after a step, which would leave later tests
-    writing ./mlflow.db in the checkout."""
+    writing ./mlflow.db in the checkout. A URI an earlier test set in-process is cleared first:
+    ``mlflow.set_tracking_uri(None)`` would otherwise also unset the variable set here."""
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+        sys.modules["mlflow"].set_registry_uri(None)
     for name, value in _MLFLOW_DEFAULTS.items():
         monkeypatch.setenv(name, value)
 

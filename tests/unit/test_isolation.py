@@ -21,7 +21,6 @@ def test_default_mlflow_store_and_artifacts_are_temporary(monkeypatch):
 
     for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(leftover, raising=False)
-    mlflow.set_tracking_uri(None)
     mlflow.set_experiment("isolation-probe")  # a new experiment in the default store gets the default artifact root
     with mlflow.start_run():
         mlflow.log_text("probe", "probe.txt")
