@@ -73,7 +73,7 @@ def ensemble_pipeline(
     val_ensemble, test_ensemble, _, weights = ensemble_predictions(names=names, val_predictions=val_predictions,
                                                                    test_predictions=test_predictions, images=images,
                                                                    cfg=ensemble)
-    val_metrics, _, _, _, _ = evaluate(val_predictions=val_ensemble, images=images, history=history)
+    val_metrics, _, _, _, _, _, _ = evaluate(val_predictions=val_ensemble, images=images, history=history)
     if registered_model_name is not None:
         model_version = register_ensemble(names=names, checkpoints=checkpoints, ensemble_weights=weights,
                                           val_metrics=val_metrics, registered_model_name=registered_model_name)

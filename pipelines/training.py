@@ -1,7 +1,8 @@
-"""Training pipeline: ingest -> split -> preprocess -> [features -> nn_pairs -> ssl_pretrain]
--> finetune -> [cft_features -> cft_finetune] -> TTA -> evaluate -> register [-> promote], and, when test
-data is given, ingest -> preprocess -> TTA -> submission for it. The bracketed steps run
-when ``ssl``, ``cft`` and ``promotion`` are set."""
+"""Training pipeline: ingest -> split (train/val[/proxy]) -> preprocess -> [features -> nn_pairs ->
+ssl_pretrain] -> finetune -> [cft_features -> cft_finetune] -> TTA -> evaluate (val, proxy) ->
+[evaluate_external per set] -> generalisation_report -> register [-> promote on the holdout],
+and, when test data is given, ingest -> preprocess -> TTA -> submission for it. The bracketed
+steps run when ``ssl``, ``cft``, ``external`` and ``promotion`` are set."""
 
 from typing import Optional
 
@@ -9,17 +10,18 @@ from zenml import pipeline
 
 import materializers  # noqa: F401  (registers the ImageSet and Checkpoint materializers)
 from cxr.cft.genetic import CFTConfig
-from cxr.data.ingest import IngestConfig
+from cxr.data.ingest import ExternalSet, IngestConfig
 from cxr.data.preprocess import PreprocessConfig
 from cxr.data.split import SplitConfig
 from cxr.infer.tta import REFERENCE_VIEWS, ViewName
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from cxr.lifecycle.promotion import PromotionConfig
+from cxr.metrics.generalisation import ThresholdConfig, check_set_names
 from cxr.models.classifier import ModelConfig
 from cxr.ssl.pretrain import SSLConfig
 from cxr.train.config import TrainConfig
 from steps.data import ingest, preprocess_images, split_dataset
-from steps.evaluate import evaluate
+from steps.evaluate import evaluate, evaluate_external, generalisation_report
 from steps.infer import submission, tta_predict
 from steps.registry import promote_model, register_model
 from steps.ssl import handcrafted_features, nn_pairs, ssl_pretrain, ssl_probe
@@ -41,6 +43,8 @@ def training_pipeline(
     ssl: Optional[SSLConfig] = None,
     cft: Optional[CFTConfig] = None,
     promotion: Optional[PromotionConfig] = None,
+    external: list[ExternalSet] = [],
+    thresholds: ThresholdConfig = ThresholdConfig(),
 ) -> None:
     """Train, evaluate and register a chest X-ray classifier; write a submission for test data.
 
@@ -57,8 +61,14 @@ def training_pipeline(
         registered_model_name: MLflow registered model that gets a new version.
         ssl: self-supervised pretraining of the backbone before the fine-tune (None: off).
         cft: category-wise GA fine-tune of the last layer after the fine-tune (None: off).
-        promotion: champion/challenger decision for the new version (None: register only).
+        promotion: champion/challenger decision for the new version on ``promotion.holdout``
+            (None: register only).
+        external: named image sets from other sites, each scored like val when labelled.
+        thresholds: the split the per-label F1 thresholds are fitted on.
     """
+    names = [entry.name for entry in external]
+    check_set_names({"train.select_on": train.select_on, "thresholds.fit_on": thresholds.fit_on}
+                    | ({"promotion.holdout": promotion.holdout} if promotion else {}), split.proxy is not None, names)
     images = ingest(source=data)
     images = split_dataset(images=images, cfg=split)
     images = preprocess_images(images=images, cfg=preprocess)
@@ -77,12 +87,30 @@ def training_pipeline(
                                      val_features=val_features, cfg=cft)
     val_predictions = tta_predict(checkpoint=checkpoint, images=images, subset="val", views=tta_views,
                                   id="tta_predict_val")
-    val_metrics, _, _, _, _ = evaluate(val_predictions=val_predictions, images=images, history=history)
-    model_version = register_model(checkpoint=checkpoint, val_metrics=val_metrics,
+    proxy_predictions = None
+    if split.proxy is not None:
+        proxy_predictions = tta_predict(checkpoint=checkpoint, images=images, subset="proxy", views=tta_views,
+                                        id="tta_predict_proxy")
+    val_metrics, val_report, proxy_metrics, proxy_report, _, _, _ = evaluate(
+        val_predictions=val_predictions, images=images, history=history, proxy_predictions=proxy_predictions,
+        thresholds=thresholds, select_on=train.select_on)
+    external_images, external_reports = {}, []
+    for entry in external:
+        part = preprocess_images(images=ingest(source=entry.data, id=f"ingest_external_{entry.name}"),
+                                 cfg=preprocess, id=f"preprocess_external_{entry.name}")
+        predictions = tta_predict(checkpoint=checkpoint, images=part, views=tta_views,
+                                  id=f"tta_predict_external_{entry.name}")
+        _, report = evaluate_external(predictions=predictions, images=part, name=entry.name, val_report=val_report,
+                                      id=f"evaluate_external_{entry.name}")
+        external_images[entry.name] = part
+        external_reports.append(report)
+    generalisation_report(val_report=val_report, proxy_report=proxy_report, external_reports=external_reports,
+                          external_names=names)
+    model_version = register_model(checkpoint=checkpoint, val_metrics=val_metrics, proxy_metrics=proxy_metrics,
                                    registered_model_name=registered_model_name)
     if promotion is not None:
         promote_model(model_version=model_version, images=images, registered_model_name=registered_model_name,
-                      cfg=promotion)
+                      cfg=promotion, holdout_images=external_images.get(promotion.holdout))
     if test_data is not None:
         test_images = ingest(source=test_data, id="ingest_test")
         test_images = preprocess_images(images=test_images, cfg=preprocess, id="preprocess_test")

@@ -107,6 +107,23 @@ class ImageSet:
                 digest.update(f"{path}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}".encode())
         return digest.hexdigest()
 
+    def image_digests(self) -> list[str]:
+        """Per image, a hash of its decoded pixels (so the same picture under another name or in a
+        lossless format gets the same digest), or of its file's bytes before decoding."""
+        if self.images is None:
+            return [file_digest(path) for path in self.manifest["path"]]
+        return [hashlib.blake2b(memoryview(np.ascontiguousarray(image)).cast("B"), digest_size=16,
+                                key=str(image.shape).encode()).hexdigest() for image in self.images]
+
+    def content_hash(self) -> str:
+        """Hash of ids, labels, mask and pixels only: the same for the same images wherever their
+        files lie (``fingerprint`` also covers paths and splits)."""
+        digest = hashlib.blake2b(digest_size=20)
+        digest.update(json.dumps([self.ids, list(self.label_names)]).encode())
+        digest.update(np.ascontiguousarray(self.labels).tobytes() + np.ascontiguousarray(self.mask).tobytes())
+        digest.update("".join(self.image_digests()).encode())
+        return digest.hexdigest()
+
     def label_frame(self) -> pd.DataFrame:
         """Manifest plus one label and one mask column per label name (for parquet)."""
         frame = self.manifest.copy()
@@ -128,6 +145,12 @@ class ImageSet:
         return cls(frame[list(MANIFEST_COLUMNS)].reset_index(drop=True), names,
                    labels.reshape(len(frame), len(names)), mask.reshape(len(frame), len(names)),
                    images, tuple(skipped))
+
+
+def file_digest(path: str) -> str:
+    """blake2b of a file's bytes (32 hex characters)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
 
 
 def make_manifest(ids: Sequence[str], paths: Sequence[str],

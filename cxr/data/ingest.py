@@ -68,6 +68,22 @@ class IngestConfig(BaseModel):
         return self
 
 
+class ExternalSet(BaseModel):
+    """One entry of ``parameters.external``: a named image set from another site, scored like
+    val when labelled (only predicted when not), never trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="short name: MLflow metrics external/<name>/*")
+    data: IngestConfig
+
+    @model_validator(mode="after")
+    def _check(self) -> "ExternalSet":
+        if self.name in ("train", "val", "proxy", "test"):
+            raise ValueError(f"external set name {self.name!r} is taken by a split: choose another")
+        return self
+
+
 @register_source("folders")
 def folders_source(cfg: IngestConfig) -> ImageSet:
     """One sub-folder per class; ``negative_class`` gets no label column."""

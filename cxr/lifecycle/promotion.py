@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy.stats import rankdata
 
+from cxr.data.imageset import ImageSet
+from cxr.data.split import SPLIT_NAMES
+from cxr.errors import DataError
 from cxr.metrics.classification import mean_auc
 
 
@@ -21,10 +24,20 @@ class PromotionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    holdout: str = Field("val", pattern=r"^[A-Za-z0-9_-]+$", description="set both versions are scored on: "
+                         "val, proxy (the same images for every version trained with the same split.proxy), or "
+                         "the name of a labelled parameters.external set")
     margin: float = Field(0.0, ge=0, description="required mean-AUC gain over the champion")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided: the CI lower bound must beat the margin")
     n_bootstrap: int = Field(1000, ge=100)
     seed: int = 0
+
+    @field_validator("holdout")
+    @classmethod
+    def _not_train(cls, value: str) -> str:
+        if value == "train":
+            raise ValueError("promotion.holdout cannot be the train split: name val, proxy or an external set")
+        return value
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,28 @@ class PromotionDecision:
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def check_holdout_unseen(train: ImageSet, holdout: ImageSet, name: str) -> None:
+    """Raise a DataError if ``holdout`` shares an image with ``train``, by id or by pixel content
+    (the same picture under another file name)."""
+    by_id = sorted(set(train.ids) & set(holdout.ids))
+    train_digests = set(train.image_digests())
+    by_content = [i for i, d in zip(holdout.ids, holdout.image_digests()) if d in train_digests]
+    if by_id or by_content:
+        raise DataError(f"promotion.holdout {name!r} overlaps the train split: {len(by_id)} image id(s) and "
+                        f"{len(by_content)} image(s) with the same pixels as a training image; a holdout must be "
+                        "images no version trained on (remove them, or hold out another set)")
+
+
+def holdout_set(images: ImageSet, cfg: PromotionConfig, external: ImageSet | None = None) -> ImageSet:
+    """The set promotion scores on: the ``cfg.holdout`` split of ``images`` (val, proxy) or the
+    external set of that name, checked to share no image with the train split."""
+    holdout = images.split(cfg.holdout) if cfg.holdout in SPLIT_NAMES else external
+    if holdout is None or len(holdout) == 0:
+        raise DataError(f"promotion.holdout {cfg.holdout!r} holds no images in this run")
+    check_holdout_unseen(images.split("train"), holdout, cfg.holdout)
+    return holdout
 
 
 def resampled_auc(scores: np.ndarray, y: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ def _to_image(fig: plt.Figure) -> Image.Image:
 
 
 def roc_curves(y: np.ndarray, p: np.ndarray, label_names: list[str],
-               mask: np.ndarray | None = None, max_overlaid: int = 4) -> Image.Image:
+               mask: np.ndarray | None = None, max_overlaid: int = 4, title: str = "validation") -> Image.Image:
     """ROC curve per label (known labels only) with its AUC: overlaid for up to
     ``max_overlaid`` labels, else one small panel per label (14 overlaid curves are unreadable)."""
     grid = len(label_names) > max_overlaid
@@ -51,25 +51,27 @@ def roc_curves(y: np.ndarray, p: np.ndarray, label_names: list[str],
     if grid:
         fig.supxlabel("false positive rate")
         fig.supylabel("true positive rate")
-        fig.suptitle("ROC per label (validation)")
+        fig.suptitle(f"ROC per label ({title})")
     else:
-        axes.flat[0].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (validation)")
+        axes.flat[0].set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({title})")
         axes.flat[0].legend(loc="lower right", fontsize=8)
     return _to_image(fig)
 
 
-def training_curves(history: pd.DataFrame) -> Image.Image:
-    """Train/val loss and val AUC per epoch."""
+def training_curves(history: pd.DataFrame, select_on: str = "val") -> Image.Image:
+    """Train/val (and proxy) loss and AUC per epoch, the epoch kept by ``select_on`` circled."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(history["epoch"], history["train_loss"], marker="o", label="train loss")
-    left.plot(history["epoch"], history["val_loss"], marker="o", label="val BCE")
+    parts = [p for p in ("val", "proxy") if f"{p}_auc" in history]
+    for part, colour in zip(parts, ("tab:green", "tab:purple")):
+        left.plot(history["epoch"], history[f"{part}_loss"], marker="o", c=colour, label=f"{part} BCE")
+        right.plot(history["epoch"], history[f"{part}_auc"], marker="o", c=colour, label=part)
     left.set(xlabel="epoch", ylabel="loss", title="loss")
     left.legend()
-    right.plot(history["epoch"], history["val_auc"], marker="o", c="tab:green")
-    best = history["val_auc"].idxmax()
-    right.scatter([history["epoch"][best]], [history["val_auc"][best]], s=120, facecolors="none",
-                  edgecolors="red", label=f"best {history['val_auc'][best]:.4f}")
-    right.set(xlabel="epoch", ylabel="mean ROC AUC", title="validation AUC")
+    best = history[f"{select_on}_auc"].idxmax()
+    right.scatter([history["epoch"][best]], [history[f"{select_on}_auc"][best]], s=120, facecolors="none",
+                  edgecolors="red", label=f"kept ({select_on} {history[f'{select_on}_auc'][best]:.4f})")
+    right.set(xlabel="epoch", ylabel="mean ROC AUC", title="validation AUC" + (" and proxy" if len(parts) > 1 else ""))
     right.legend()
     return _to_image(fig)
 
@@ -119,4 +121,18 @@ def ssl_curves(history: pd.DataFrame, collapse_ratio: float) -> Image.Image:
     right.axhline(collapse_ratio, ls="--", c="red", label="collapse threshold")
     right.set(xlabel="epoch", ylabel="std x sqrt(d)", title="collapse monitor (1 = healthy)", ylim=(0, None))
     right.legend()
+    return _to_image(fig)
+
+
+def auc_by_set(gaps: pd.DataFrame) -> Image.Image:
+    """Grouped bars of each label's AUC on val, proxy and external sets (a ``gap_table``)."""
+    sets = [c for c in gaps.columns if c != "label" and not c.startswith("gap_")]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(gaps) * max(len(sets), 1) ** 0.5 + 2), 4))
+    width = 0.8 / max(len(sets), 1)
+    x = np.arange(len(gaps))
+    for k, name in enumerate(sets):
+        ax.bar(x + (k - (len(sets) - 1) / 2) * width, gaps[name].to_numpy(dtype=float), width, label=name)
+    ax.set_xticks(x, gaps["label"], rotation=30, ha="right", fontsize=8)
+    ax.set(ylim=(0.5, 1.0), ylabel="ROC AUC", title="AUC by evaluation set (val overstates a new site)")
+    ax.legend(fontsize=8)
     return _to_image(fig)

@@ -36,7 +36,10 @@ class TrainConfig(BaseModel):
     cutmix_alpha: float = Field(0.0, ge=0)
     mix_prob: float = Field(0.5, ge=0, le=1)
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; None turns it off")
-    early_stopping_patience: int | None = Field(None, ge=1, description="epochs without val AUC gain")
+    early_stopping_patience: int | None = Field(None, ge=1, description="epochs without a gain in the "
+                                                "select_on split's AUC")
+    select_on: str = Field("val", pattern="^(val|proxy)$", description="split whose mean AUC picks the best "
+                           "epoch and drives early stopping: val, or proxy (needs split.proxy)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")

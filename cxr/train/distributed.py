@@ -39,16 +39,18 @@ def launch_command(processes: int, folder: Path) -> list[str]:
 def fit_data_parallel(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
                       preprocess: dict | None = None, progress: bool = True,
                       on_epoch: Callable[[dict], None] | None = None,
-                      backbone_init: BackboneCheckpoint | None = None) -> FitResult:
+                      backbone_init: BackboneCheckpoint | None = None, proxy: ImageSet | None = None) -> FitResult:
     """``fit`` in ``cfg.processes`` processes; same arguments and result.
 
     The workers have no tracker, so ``on_epoch`` receives the history rows after training.
     A worker failure raises with its exit code; its traceback is on stderr above.
     """
-    check_fit_inputs(train, val)
+    check_fit_inputs(train, val, proxy, cfg)
     with tempfile.TemporaryDirectory(prefix="cxr-ddp-") as scratch:
         folder = Path(scratch)
-        for name, part in (("train", train), ("val", val)):
+        for name, part in (("train", train), ("val", val), ("proxy", proxy)):
+            if part is None:
+                continue
             (folder / name).mkdir()
             save_imageset(part, str(folder / name))
         (folder / CONFIG).write_text(json.dumps({"model": model_cfg.model_dump(mode="json"),
@@ -73,9 +75,11 @@ def worker(folder: Path) -> None:
     cfg = TrainConfig.model_validate(config["train"])
     accelerator = Accelerator(cpu=resolve_device(cfg.device).type == "cpu")
     backbone = load_checkpoint(folder / BACKBONE, BackboneCheckpoint) if (folder / BACKBONE).exists() else None
-    result = fit(load_imageset(str(folder / "train"), mmap=True), load_imageset(str(folder / "val"), mmap=True), ModelConfig.model_validate(config["model"]),
-                 cfg, preprocess=config["preprocess"], progress=config["progress"] and accelerator.is_main_process,
-                 backbone_init=backbone, accelerator=accelerator)
+    parts = {name: load_imageset(str(folder / name), mmap=True) if (folder / name).exists() else None
+             for name in ("train", "val", "proxy")}
+    result = fit(parts["train"], parts["val"], ModelConfig.model_validate(config["model"]), cfg,
+                 preprocess=config["preprocess"], progress=config["progress"] and accelerator.is_main_process,
+                 backbone_init=backbone, accelerator=accelerator, proxy=parts["proxy"])
     if accelerator.is_main_process:
         save_checkpoint(result.checkpoint, folder / RESULT)
         result.history.to_parquet(folder / HISTORY, index=False)

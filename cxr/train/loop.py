@@ -45,15 +45,18 @@ class FitResult:
     history: pd.DataFrame
 
 
-def check_fit_inputs(train: ImageSet, val: ImageSet) -> None:
+def check_fit_inputs(train: ImageSet, val: ImageSet, proxy: ImageSet | None, cfg: TrainConfig) -> None:
     """Raise a DataError if the sets cannot be trained and validated on."""
-    for name, part in (("train", train), ("val", val)):
+    if cfg.select_on == "proxy" and proxy is None:
+        raise DataError("train.select_on is 'proxy' but there is no proxy split: set split.proxy")
+    parts = (("train", train), ("val", val)) + ((("proxy", proxy),) if proxy is not None else ())
+    for name, part in parts:
         if part.images is None:
             raise DataError(f"the {name} set has no decoded images: run preprocess first")
         if len(part) == 0:
             raise DataError(f"the {name} set is empty")
-    if train.label_names != val.label_names:
-        raise DataError(f"train labels {train.label_names} differ from val labels {val.label_names}")
+        if part.label_names != train.label_names:
+            raise DataError(f"train labels {train.label_names} differ from {name} labels {part.label_names}")
     check_val_classes(val)
 
 
@@ -235,6 +238,15 @@ def train_epoch(state: TrainState, train: ImageSet, weights: np.ndarray | None, 
     return loss_sum / max(seen, 1), int(seen), time.perf_counter() - started
 
 
+def evaluate_epoch(state: TrainState, parts: dict[str, ImageSet]) -> dict[str, float]:
+    """``<part>_loss`` and ``<part>_auc`` (mean AUC) of the current weights on each part."""
+    row = {}
+    for name, part in parts.items():
+        probs = predict_val(state, part)
+        row |= {f"{name}_loss": val_loss(probs, part), f"{name}_auc": mean_auc(part.labels, probs, part.mask)}
+    return row
+
+
 def predict_val(state: TrainState, val: ImageSet) -> np.ndarray:
     """(N, L) val probabilities; under several processes each predicts a contiguous share with
     rank 0's BatchNorm statistics (the weights a checkpoint keeps) and the shares are gathered."""
@@ -251,8 +263,10 @@ def predict_val(state: TrainState, val: ImageSet) -> np.ndarray:
 def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
         preprocess: dict | None = None, progress: bool = True,
         on_epoch: Callable[[dict], None] | None = None,
-        backbone_init: BackboneCheckpoint | None = None, accelerator: Accelerator | None = None) -> FitResult:
-    """Train a classifier on ``train``, validate each epoch on ``val``, keep the best epoch.
+        backbone_init: BackboneCheckpoint | None = None, accelerator: Accelerator | None = None,
+        proxy: ImageSet | None = None) -> FitResult:
+    """Train a classifier on ``train``, validate each epoch on ``val`` (and ``proxy``, when
+    given), keep the best epoch by the mean AUC of the ``cfg.select_on`` split.
 
     ``on_epoch`` receives each epoch's history row (e.g. to log it to a tracker).
     ``backbone_init`` (e.g. from SSL pretraining) initialises the backbone; with
@@ -260,7 +274,9 @@ def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig
     (set up by ``cxr.train.distributed``) trains data-parallel; every process then returns
     the same result.
     """
-    check_fit_inputs(train, val)
+    check_fit_inputs(train, val, proxy, cfg)
+    parts = {"val": val} | ({"proxy": proxy} if proxy is not None else {})
+    select = f"{cfg.select_on}_auc"
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     with deterministic(cfg.seed):
@@ -269,30 +285,30 @@ def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig
         history, best_state, stale = [], None, 0
         for epoch in range(1, cfg.epochs + 1):
             train_loss, seen, seconds = train_epoch(state, train, weights, f"epoch {epoch}/{cfg.epochs}", progress)
-            probs = predict_val(state, val)
-            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss(probs, val),
-                   "val_auc": mean_auc(val.labels, probs, val.mask), "lr": state.optimizer.param_groups[0]["lr"],
-                   "train_seconds": seconds, "train_images_per_s": seen / seconds}
+            row = {"epoch": epoch, "train_loss": train_loss, **evaluate_epoch(state, parts),
+                   "lr": state.optimizer.param_groups[0]["lr"], "train_seconds": seconds,
+                   "train_images_per_s": seen / seconds}
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
             if progress:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            improved = row["val_auc"] > max((h["val_auc"] for h in history[:-1]), default=-math.inf)
+            improved = row[select] > max((h[select] for h in history[:-1]), default=-math.inf)
             best_state, stale = (cpu_state(state.model), 0) if improved else (best_state, stale + 1)
-            state.schedule.step_epoch(row["val_auc"])
+            state.schedule.step_epoch(row[select])
             if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
                 break
-    return FitResult(best_checkpoint(state, best_state, history, model_cfg, train, preprocess), pd.DataFrame(history))
+    return FitResult(best_checkpoint(state, best_state, history, model_cfg, train, preprocess, select),
+                     pd.DataFrame(history))
 
 
 def best_checkpoint(state: TrainState, best_state: dict, history: list[dict], model_cfg: ModelConfig,
-                    train: ImageSet, preprocess: dict | None) -> Checkpoint:
-    """The best epoch's weights with the metadata needed to rebuild and apply them."""
-    best = max(history, key=lambda row: row["val_auc"])
+                    train: ImageSet, preprocess: dict | None, select: str = "val_auc") -> Checkpoint:
+    """The best epoch's weights (by ``select``) with the metadata needed to rebuild and apply them."""
+    best = max(history, key=lambda row: row[select])
     state.model.load_state_dict(best_state)
+    scores = {k: v for k, v in best.items() if k.endswith(("_auc", "_loss")) and k != "train_loss"}
     meta = CheckpointMeta(model=model_cfg, image_size=int(train.images.shape[1]),
                           label_names=list(train.label_names), mean=state.mean, std=state.std, epoch=best["epoch"],
-                          val_metrics={"val_auc": best["val_auc"], "val_loss": best["val_loss"]},
-                          preprocess=preprocess or {})
+                          val_metrics=scores, preprocess=preprocess or {})
     return Checkpoint.from_model(state.model.cpu(), meta)

@@ -1,5 +1,7 @@
 """Evaluation steps."""
 
 from steps.evaluate.evaluate import evaluate
+from steps.evaluate.evaluate_external import evaluate_external
+from steps.evaluate.generalisation_report import generalisation_report
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "evaluate_external", "generalisation_report"]

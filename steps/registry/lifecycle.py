@@ -26,6 +26,7 @@ from cxr.infer.ensemble import EnsembleModel, save_ensemble_model
 from cxr.infer.serving import ServedModel, served_labels
 from cxr.infer.tta import SINGLE_VIEW
 from cxr.lifecycle.promotion import PromotionConfig, PromotionDecision, decide
+from cxr.metrics.generalisation import part_labels
 from cxr.models.checkpoint import save_checkpoint
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
@@ -87,10 +88,13 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
         return None
 
 
-def apply_decision(client: MlflowClient, name: str, version: int, decision: PromotionDecision) -> str:
-    """Move the aliases for ``decision`` and tag ``version`` with its evidence; returns the alias given."""
-    for key, value in decision.as_dict().items():
-        client.set_model_version_tag(name, str(version), f"promotion_{key}", str(value))
+def apply_decision(client: MlflowClient, name: str, version: int, decision: PromotionDecision,
+                   evidence: dict[str, str] | None = None) -> str:
+    """Move the aliases for ``decision`` and tag ``version`` with it and ``evidence`` (e.g. which
+    set decided); returns the alias given."""
+    tags = {f"promotion_{k}": str(v) for k, v in (decision.as_dict() | (evidence or {})).items()}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
     if not decision.promote:
         client.set_registered_model_alias(name, CHALLENGER, str(version))
         return CHALLENGER
@@ -101,10 +105,11 @@ def apply_decision(client: MlflowClient, name: str, version: int, decision: Prom
     return CHAMPION
 
 
-def promote(client: MlflowClient, name: str, version: int, val: ImageSet,
-            cfg: PromotionConfig) -> tuple[str, PromotionDecision | None, int | None]:
-    """Decide on ``version`` against the current champion on ``val`` (both scored as served),
-    then move the aliases. Returns (alias, decision, champion version before).
+def promote(client: MlflowClient, name: str, version: int, holdout: ImageSet, cfg: PromotionConfig,
+            holdout_name: str = "val") -> tuple[str, PromotionDecision | None, int | None]:
+    """Decide on ``version`` against the current champion on ``holdout`` (both scored as
+    served), then move the aliases and tag the version with the holdout's name and content
+    hash. Returns (alias, decision, champion version before).
 
     Every prediction and the decision come before the first registry write, so any failure
     leaves the previous champion in place.
@@ -112,11 +117,15 @@ def promote(client: MlflowClient, name: str, version: int, val: ImageSet,
     champion = alias_version(client, name, CHAMPION)
     if champion is not None and int(champion.version) == version:
         return CHAMPION, None, version
-    labels = list(val.label_names)
-    new = registry_predictions(name, str(version), val)[labels].to_numpy()
-    old = None if champion is None else registry_predictions(name, str(champion.version), val)[labels].to_numpy()
-    decision = decide(val.labels, val.mask, new, old, cfg)
-    return apply_decision(client, name, version, decision), decision, None if champion is None else int(champion.version)
+    scored = registry_predictions(name, str(version), holdout)
+    labels = [column for column in scored.columns if column != "id"]
+    y, mask = part_labels(holdout, labels)
+    new = scored[labels].to_numpy()
+    old = None if champion is None else registry_predictions(name, str(champion.version), holdout)[labels].to_numpy()
+    decision = decide(y, mask, new, old, cfg)
+    evidence = {"holdout": holdout_name, "holdout_hash": holdout.content_hash(), "holdout_images": len(holdout)}
+    alias = apply_decision(client, name, version, decision, evidence)
+    return alias, decision, None if champion is None else int(champion.version)
 
 
 def rollback(client: MlflowClient, name: str) -> tuple[int, int | None]:

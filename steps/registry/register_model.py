@@ -1,6 +1,6 @@
 """register_model step: log the checkpoint as an MLflow pyfunc and register a new version."""
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
@@ -15,17 +15,18 @@ logger = get_logger(__name__)
 
 
 @step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
-def register_model(checkpoint: Checkpoint, val_metrics: dict,
-                   registered_model_name: str = DEFAULT_MODEL_NAME) -> Annotated[int, "model_version"]:
+def register_model(checkpoint: Checkpoint, val_metrics: dict, registered_model_name: str = DEFAULT_MODEL_NAME,
+                   proxy_metrics: Optional[dict] = None) -> Annotated[int, "model_version"]:
     """Log ``checkpoint`` as a pyfunc model (safetensors + core code, no pickle) and register it.
 
-    The new version is tagged with its val metrics, backbone, labels and the ZenML run id.
+    The new version is tagged with its val (and proxy) metrics, backbone, labels and the ZenML run id.
     Cached like any step: a re-run with the same checkpoint adds no duplicate version.
     YAML: ``parameters.registered_model_name``.
     """
     meta = checkpoint.meta
+    proxy = {f"proxy_{k}": f"{v:.6f}" for k, v in (proxy_metrics or {}).items()}
     return register_served(checkpoint, val_metrics, registered_model_name,
-                           {"backbone": meta.model.backbone, "image_size": str(meta.image_size)})
+                           {"backbone": meta.model.backbone, "image_size": str(meta.image_size)} | proxy)
 
 
 def register_served(model: ServedModel, val_metrics: dict, name: str, tags: dict[str, str]) -> int:

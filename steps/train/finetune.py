@@ -26,7 +26,8 @@ def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preproces
     Annotated[Checkpoint, ArtifactConfig(name="checkpoint", artifact_type=ArtifactType.MODEL)],
     Annotated[pd.DataFrame, "history"],
 ]:
-    """Train on the 'train' rows, validate on 'val' each epoch, return the best epoch.
+    """Train on the 'train' rows, validate on 'val' (and 'proxy', when the split holds one)
+    each epoch, return the best epoch by ``train.select_on``.
 
     YAML: ``parameters.model`` (architecture) and ``parameters.train`` (optimisation).
     Logs the configs as MLflow params and each epoch's losses, val AUC, lr and speed as
@@ -39,11 +40,12 @@ def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preproces
     """
     mlflow.log_params(flatten("model", model.model_dump()) | flatten("train", train.model_dump()))
     run_fit = fit if train.processes == 1 else fit_data_parallel
-    result = run_fit(images.split("train"), images.split("val"), model, train,
-                     preprocess=preprocess, on_epoch=epoch_logger(), backbone_init=ssl_backbone)
+    proxy = images.split("proxy")
+    result = run_fit(images.split("train"), images.split("val"), model, train, preprocess=preprocess,
+                     on_epoch=epoch_logger(), backbone_init=ssl_backbone, proxy=proxy if len(proxy) else None)
     meta = result.checkpoint.meta
-    logger.info("best epoch %d of %d: val AUC %.4f", meta.epoch, len(result.history),
-                meta.val_metrics["val_auc"])
+    logger.info("best epoch %d of %d by %s AUC: %s", meta.epoch, len(result.history), train.select_on,
+                ", ".join(f"{k} {v:.4f}" for k, v in meta.val_metrics.items() if k.endswith("_auc")))
     log_metadata({"best_epoch": meta.epoch, **meta.val_metrics,
                   "train_images_per_s": float(result.history["train_images_per_s"].mean())})
     return result.checkpoint, result.history

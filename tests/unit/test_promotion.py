@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
-from cxr.lifecycle.promotion import PromotionConfig, bootstrap_auc_deltas, decide
+from cxr.data.imageset import ImageSet
+from cxr.errors import DataError
+from cxr.lifecycle.promotion import PromotionConfig, bootstrap_auc_deltas, decide, holdout_set
 from cxr.models.checkpoint import Checkpoint, CheckpointMeta
 from cxr.models.classifier import Classifier, ModelConfig
 from tests.helpers import write_images
@@ -126,3 +128,60 @@ def test_served_version_honours_the_views_param(tmp_path: Path, registry):
     expected = predict_files(checkpoint, frame["path"].tolist(), val.ids, views=("original", "hflip", "zoom"))
     np.testing.assert_allclose(tta["opacity"], expected["opacity"], atol=1e-6)
     assert not np.allclose(tta["opacity"], served.predict(frame)["opacity"], atol=1e-4)
+
+
+def run_images(tmp_path: Path, invert_proxy: bool = True) -> ImageSet:
+    """train/val/proxy splits of generated images (ids unique per split); the proxy's labels
+    are inverted, so a model that is better on val is worse on the proxy."""
+    parts = []
+    for k, name in enumerate(("train", "val", "proxy")):
+        part = write_images(tmp_path / name, 40 if name != "train" else 8, seed=k)
+        labels = 1 - part.labels if name == "proxy" and invert_proxy else part.labels
+        manifest = part.manifest.assign(id=[f"{name}_{i}" for i in part.ids], split=name)
+        parts.append(ImageSet(manifest, part.label_names, labels, part.mask))
+    return ImageSet(pd.concat([p.manifest for p in parts], ignore_index=True), parts[0].label_names,
+                    np.concatenate([p.labels for p in parts]), np.concatenate([p.mask for p in parts]))
+
+
+def test_promotion_decides_on_the_holdout_not_on_val(tmp_path: Path, registry):
+    from steps.registry import lifecycle
+
+    images = run_images(tmp_path)
+    name = "cxr-holdout-test"
+    v1 = register(brightness_checkpoint(+1.0), name)
+    assert lifecycle.promote(registry, name, v1, images.split("val"), PromotionConfig())[0] == "champion"
+    v2 = register(brightness_checkpoint(-1.0), name)
+    on_val, _, _ = lifecycle.promote(registry, name, v2, images.split("val"), PromotionConfig())
+    assert on_val == "challenger"
+    cfg = PromotionConfig(holdout="proxy")
+    holdout = holdout_set(images, cfg)
+    assert holdout.ids == images.split("proxy").ids
+    alias, decision, before = lifecycle.promote(registry, name, v2, holdout, cfg, "proxy")
+    assert (alias, before) == ("champion", v1) and decision.delta > 0.5
+    tags = registry.get_model_version(name, str(v2)).tags
+    assert tags["promotion_holdout"] == "proxy" and tags["promotion_holdout_images"] == "40"
+    assert tags["promotion_holdout_hash"] == images.split("proxy").content_hash()
+
+
+@pytest.mark.parametrize("decoded", [False, True])
+def test_holdout_overlapping_train_is_refused_by_id_and_by_content(tmp_path: Path, decoded: bool):
+    import shutil
+
+    images = run_images(tmp_path)
+    prepare = (lambda s: preprocess_imageset(s, PreprocessConfig(image_size=32, clahe=False), progress=False)) \
+        if decoded else (lambda s: s)
+    clean = prepare(images)
+    assert len(holdout_set(clean, PromotionConfig(holdout="val"))) == 40
+    same_id = clean.split("proxy")
+    same_id.manifest.loc[0, "id"] = clean.split("train").ids[0]
+    with pytest.raises(DataError, match=r"overlaps the train split: 1 image id\(s\) and 0 image"):
+        holdout_set(clean, PromotionConfig(holdout="site"), external=same_id)
+    copy = tmp_path / "site" / "renamed_copy.png"
+    copy.parent.mkdir()
+    shutil.copy(images.split("train").manifest["path"][3], copy)
+    site = write_images(tmp_path / "site", 6, seed=9)
+    site.manifest.loc[0, ["id", "path"]] = ["renamed_copy", str(copy)]
+    with pytest.raises(DataError, match=r"'site' overlaps the train split: 0 image id\(s\) and 1 image"):
+        holdout_set(clean, PromotionConfig(holdout="site"), external=prepare(site))
+    with pytest.raises(ValueError, match="cannot be the train split"):
+        PromotionConfig(holdout="train")

@@ -32,6 +32,22 @@ def test_fit_learns_a_visible_finding(synthetic_split):
     assert 0 < result.checkpoint.meta.mean < 1 and result.checkpoint.meta.std > 0
 
 
+def test_select_on_proxy_keeps_the_epoch_best_on_proxy(synthetic_split):
+    from dataclasses import replace
+
+    train, val = synthetic_split
+    inverted = replace(val, labels=1 - val.labels)  # proxy AUC = 1 - val AUC: the two disagree on every epoch
+    cfg = TrainConfig(epochs=4, select_on="proxy", **FAST)
+    result = fit(train, val, ModelConfig(backbone="resnet10t"), cfg, progress=False, proxy=inverted)
+    history = result.history
+    np.testing.assert_allclose(history["proxy_auc"], 1 - history["val_auc"], atol=1e-9)
+    assert result.checkpoint.meta.epoch == int(history["proxy_auc"].idxmax()) + 1
+    assert result.checkpoint.meta.epoch != int(history["val_auc"].idxmax()) + 1
+    assert set(result.checkpoint.meta.val_metrics) == {"val_auc", "val_loss", "proxy_auc", "proxy_loss"}
+    with pytest.raises(DataError, match="no proxy split"):
+        fit(train, val, ModelConfig(backbone="resnet10t"), cfg, progress=False)
+
+
 def test_fit_is_deterministic_on_cpu(synthetic_split):
     train, val = synthetic_split
     cfg = TrainConfig(epochs=1, mixup_alpha=0.4, cutmix_alpha=1.0, balanced_sampler=True, **FAST)
