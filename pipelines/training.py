@@ -1,8 +1,9 @@
-"""Training pipeline: ingest -> split (train/val[/proxy]) -> preprocess -> [features -> nn_pairs ->
-ssl_pretrain] -> finetune -> [cft_features -> cft_finetune] -> TTA -> evaluate (val, proxy) ->
-[evaluate_external per set] -> generalisation_report -> register [-> promote on the holdout],
-and, when test data is given, ingest -> preprocess -> TTA -> submission for it. The bracketed
-steps run when ``ssl``, ``cft``, ``external`` and ``promotion`` are set."""
+"""Training pipeline: ingest -> split (train/val[/proxy]) -> preprocess -> [leakage audit against
+external and test sets] -> [features -> nn_pairs -> ssl_pretrain] -> finetune -> [cft_features ->
+cft_finetune] -> TTA -> evaluate (val, proxy) -> [evaluate_external per set] ->
+generalisation_report -> register [-> promote on the holdout], and, when test data is given,
+TTA -> submission for it. The bracketed steps run when ``audit`` (default on), ``ssl``,
+``cft``, ``external`` and ``promotion`` are set."""
 
 from typing import Optional
 
@@ -11,6 +12,7 @@ from zenml import pipeline
 import materializers  # noqa: F401  (registers the ImageSet and Checkpoint materializers)
 from cxr.cft.genetic import CFTConfig
 from cxr.data.ingest import ExternalSet, IngestConfig
+from cxr.data.leakage import AuditConfig
 from cxr.data.preprocess import PreprocessConfig
 from cxr.data.split import SplitConfig
 from cxr.infer.tta import REFERENCE_VIEWS, ViewName
@@ -20,7 +22,7 @@ from cxr.metrics.generalisation import ThresholdConfig, check_set_names
 from cxr.models.classifier import ModelConfig
 from cxr.ssl.pretrain import SSLConfig
 from cxr.train.config import TrainConfig
-from steps.data import ingest, preprocess_images, split_dataset
+from steps.data import audit_leakage, ingest, preprocess_images, split_dataset
 from steps.evaluate import evaluate, evaluate_external, generalisation_report
 from steps.infer import submission, tta_predict
 from steps.registry import promote_model, register_model
@@ -45,6 +47,7 @@ def training_pipeline(
     promotion: Optional[PromotionConfig] = None,
     external: list[ExternalSet] = [],
     thresholds: ThresholdConfig = ThresholdConfig(),
+    audit: Optional[AuditConfig] = AuditConfig(),
 ) -> None:
     """Train, evaluate and register a chest X-ray classifier; write a submission for test data.
 
@@ -65,6 +68,8 @@ def training_pipeline(
             (None: register only).
         external: named image sets from other sites, each scored like val when labelled.
         thresholds: the split the per-label F1 thresholds are fitted on.
+        audit: leakage audit across train, val, proxy, external sets and test before any
+            training; ``action: fail`` stops the run on a finding (None: no audit).
     """
     names = [entry.name for entry in external]
     check_set_names({"train.select_on": train.select_on, "thresholds.fit_on": thresholds.fit_on}
@@ -72,15 +77,28 @@ def training_pipeline(
     images = ingest(source=data)
     images = split_dataset(images=images, cfg=split)
     images = preprocess_images(images=images, cfg=preprocess)
+    external_images = {entry.name: preprocess_images(images=ingest(source=entry.data, id=f"ingest_external_{entry.name}"),
+                                                     cfg=preprocess, id=f"preprocess_external_{entry.name}")
+                       for entry in external}
+    test_images = None
+    if test_data is not None:
+        test_images = preprocess_images(images=ingest(source=test_data, id="ingest_test"), cfg=preprocess,
+                                        id="preprocess_test")
+    before_training = []
+    if audit is not None:
+        others = {**external_images, **({"test": test_images} if test_images is not None else {})}
+        audit_leakage(images=images, others=list(others.values()), other_names=list(others), cfg=audit)
+        before_training = ["audit_leakage"]
     ssl_backbone = None
     if ssl is not None:
         pairs = None
         if ssl.positives == "nn_pairs":
             pairs, _ = nn_pairs(features=handcrafted_features(images=images))
-        ssl_backbone, _, _ = ssl_pretrain(images=images, backbone=model.backbone, cfg=ssl, pairs=pairs)
+        ssl_backbone, _, _ = ssl_pretrain(images=images, backbone=model.backbone, cfg=ssl, pairs=pairs,
+                                          after=before_training)
         ssl_probe(ssl_backbone=ssl_backbone, images=images)
     checkpoint, history = finetune(images=images, model=model, train=train, preprocess=preprocess.model_dump(),
-                                   ssl_backbone=ssl_backbone)
+                                   ssl_backbone=ssl_backbone, after=before_training)
     if cft is not None:
         train_features, val_features = cft_features(checkpoint=checkpoint, images=images)
         checkpoint, _ = cft_finetune(checkpoint=checkpoint, images=images, train_features=train_features,
@@ -94,15 +112,12 @@ def training_pipeline(
     val_metrics, val_report, proxy_metrics, proxy_report, _, _, _ = evaluate(
         val_predictions=val_predictions, images=images, history=history, proxy_predictions=proxy_predictions,
         thresholds=thresholds, select_on=train.select_on)
-    external_images, external_reports = {}, []
-    for entry in external:
-        part = preprocess_images(images=ingest(source=entry.data, id=f"ingest_external_{entry.name}"),
-                                 cfg=preprocess, id=f"preprocess_external_{entry.name}")
+    external_reports = []
+    for name, part in external_images.items():
         predictions = tta_predict(checkpoint=checkpoint, images=part, views=tta_views,
-                                  id=f"tta_predict_external_{entry.name}")
-        _, report = evaluate_external(predictions=predictions, images=part, name=entry.name, val_report=val_report,
-                                      id=f"evaluate_external_{entry.name}")
-        external_images[entry.name] = part
+                                  id=f"tta_predict_external_{name}")
+        _, report = evaluate_external(predictions=predictions, images=part, name=name, val_report=val_report,
+                                      id=f"evaluate_external_{name}")
         external_reports.append(report)
     generalisation_report(val_report=val_report, proxy_report=proxy_report, external_reports=external_reports,
                           external_names=names)
@@ -111,9 +126,7 @@ def training_pipeline(
     if promotion is not None:
         promote_model(model_version=model_version, images=images, registered_model_name=registered_model_name,
                       cfg=promotion, holdout_images=external_images.get(promotion.holdout))
-    if test_data is not None:
-        test_images = ingest(source=test_data, id="ingest_test")
-        test_images = preprocess_images(images=test_images, cfg=preprocess, id="preprocess_test")
+    if test_images is not None:
         predictions = tta_predict(checkpoint=checkpoint, images=test_images, views=tta_views,
                                   id="tta_predict_test")
         submission(predictions=predictions, sample_submission=sample_submission,

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cxr.data.imageset import ImageSet
 from cxr.errors import DataError
-from cxr.metrics.plots import _to_image
+from cxr.metrics.plots import figure_image
 from cxr.registry import Registry
 
 LEAK_ACTIONS = Registry("leak action")
@@ -262,4 +262,4 @@ def leak_pairs_grid(parts: Mapping[str, ImageSet], leaks: pd.DataFrame, n: int =
             ax.imshow(parts[part].images[index], cmap="gray", vmin=0, vmax=255)
             ax.set_title(f"{part} {hashed}", fontsize=7)
             ax.axis("off")
-    return _to_image(fig)
+    return figure_image(fig)

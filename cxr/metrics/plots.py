@@ -14,7 +14,8 @@ from PIL import Image  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 
-def _to_image(fig: plt.Figure) -> Image.Image:
+def figure_image(fig: plt.Figure) -> Image.Image:
+    """A matplotlib figure as a PNG-backed PIL image (the figure is closed)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -55,7 +56,7 @@ def roc_curves(y: np.ndarray, p: np.ndarray, label_names: list[str],
     else:
         axes.flat[0].set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({title})")
         axes.flat[0].legend(loc="lower right", fontsize=8)
-    return _to_image(fig)
+    return figure_image(fig)
 
 
 def training_curves(history: pd.DataFrame, select_on: str = "val") -> Image.Image:
@@ -73,7 +74,7 @@ def training_curves(history: pd.DataFrame, select_on: str = "val") -> Image.Imag
                   edgecolors="red", label=f"kept ({select_on} {history[f'{select_on}_auc'][best]:.4f})")
     right.set(xlabel="epoch", ylabel="mean ROC AUC", title="validation AUC" + (" and proxy" if len(parts) > 1 else ""))
     right.legend()
-    return _to_image(fig)
+    return figure_image(fig)
 
 
 def confusion_matrices(report: pd.DataFrame) -> Image.Image:
@@ -92,7 +93,7 @@ def confusion_matrices(report: pd.DataFrame) -> Image.Image:
                yticklabels=["true 0", "true 1"], title=f"{row.label} @ {row.threshold:.2f}")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    return _to_image(fig)
+    return figure_image(fig)
 
 
 def image_grid(imageset, count: int = 16, seed: int = 0) -> Image.Image:
@@ -109,7 +110,7 @@ def image_grid(imageset, count: int = 16, seed: int = 0) -> Image.Image:
         ax.set_title(f"{imageset.ids[i][:22]}\n{', '.join(positives) or '-'}", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    return _to_image(fig)
+    return figure_image(fig)
 
 
 def ssl_curves(history: pd.DataFrame, collapse_ratio: float) -> Image.Image:
@@ -121,7 +122,7 @@ def ssl_curves(history: pd.DataFrame, collapse_ratio: float) -> Image.Image:
     right.axhline(collapse_ratio, ls="--", c="red", label="collapse threshold")
     right.set(xlabel="epoch", ylabel="std x sqrt(d)", title="collapse monitor (1 = healthy)", ylim=(0, None))
     right.legend()
-    return _to_image(fig)
+    return figure_image(fig)
 
 
 def auc_by_set(gaps: pd.DataFrame) -> Image.Image:
@@ -135,4 +136,4 @@ def auc_by_set(gaps: pd.DataFrame) -> Image.Image:
     ax.set_xticks(x, gaps["label"], rotation=30, ha="right", fontsize=8)
     ax.set(ylim=(0.5, 1.0), ylabel="ROC AUC", title="AUC by evaluation set (val overstates a new site)")
     ax.legend(fontsize=8)
-    return _to_image(fig)
+    return figure_image(fig)

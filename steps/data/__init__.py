@@ -1,7 +1,8 @@
-"""Data steps: ingest, split, preprocess."""
+"""Data steps: ingest, split, preprocess, leakage audit."""
 
+from steps.data.audit_leakage import audit_leakage
 from steps.data.ingest import ingest
 from steps.data.preprocess_images import preprocess_images
 from steps.data.split_dataset import split_dataset
 
-__all__ = ["ingest", "preprocess_images", "split_dataset"]
+__all__ = ["audit_leakage", "ingest", "preprocess_images", "split_dataset"]
