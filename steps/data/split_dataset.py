@@ -14,14 +14,14 @@ logger = get_logger(__name__)
 
 @step(cache_policy=code_cache_policy(__name__))
 def split_dataset(images: ImageSet, cfg: SplitConfig) -> Annotated[ImageSet, "split_images"]:
-    """Mark each image 'train' or 'val' with no patient on both sides. YAML: ``parameters.split``.
+    """Mark each image 'train', 'val' or (with ``split.proxy``) 'proxy', no patient on two sides.
+    YAML: ``parameters.split``.
 
     Raises:
         DataError: an empty split, too few patients, or a val label with a single class.
     """
     out = split_train_val(images, cfg)
     counts = out.manifest["split"].value_counts().to_dict()
-    logger.info("split %s (patients: train %d, val %d)", counts,
-                out.split("train").manifest["patient_id"].nunique(),
-                out.split("val").manifest["patient_id"].nunique())
+    patients = out.manifest.groupby("split")["patient_id"].nunique().to_dict()
+    logger.info("split %s (patients: %s)", counts, patients)
     return out

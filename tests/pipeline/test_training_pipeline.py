@@ -25,8 +25,8 @@ from tests.pipeline.conftest import output, run_and_fetch, statuses, use_stack_t
 pytestmark = pytest.mark.slow
 
 N_PER_CLASS, N_TEST, SIZE = 24, 10, 32
-FEATURE_STEPS = {"split_dataset", "preprocess_images", "preprocess_test"}
-TRAINING_STEPS = {"finetune", "tta_predict_val", "evaluate", "register_model", "tta_predict_test"}
+FEATURE_STEPS = {"split_dataset", "preprocess_images", "preprocess_test", "audit_leakage"}
+TRAINING_STEPS = {"finetune", "tta_predict_val", "evaluate", "generalisation_report", "register_model", "tta_predict_test"}
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_an_untouched_rerun_keeps_the_hash_and_the_cache(runs):
 def test_editing_one_image_on_disk_reruns_what_reads_it(runs, mini_kermany):
     assert ingest_hash(runs["edited"]) != ingest_hash(runs["third"])
     status = statuses(runs["edited"])
-    reread = {"split_dataset", "preprocess_images"} | TRAINING_STEPS
+    reread = {"split_dataset", "preprocess_images", "audit_leakage"} | TRAINING_STEPS
     assert {s: status[s] for s in reread} == dict.fromkeys(reread, "completed")
     assert status["preprocess_test"] == "cached", "the test images did not change"
     before = output(runs["third"], "preprocess_images", "decoded_images")
