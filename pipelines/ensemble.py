@@ -14,6 +14,7 @@ from cxr.data.split import SplitConfig
 from cxr.infer.ensemble import EnsembleConfig
 from cxr.infer.tta import REFERENCE_VIEWS, ViewName
 from cxr.lifecycle.promotion import PromotionConfig
+from cxr.metrics.generalisation import check_set_names
 from cxr.models.classifier import ModelConfig
 from cxr.train.config import TrainConfig
 from steps.data import ingest, preprocess_images, split_dataset
@@ -55,6 +56,8 @@ def ensemble_pipeline(
     With ``registered_model_name`` the ensemble becomes one registry version; with
     ``promotion`` too, it competes with that name's champion (single model or ensemble).
     """
+    check_set_names({f"members[{m.name}].train.select_on": m.train.select_on for m in members}
+                    | ({"promotion.holdout": promotion.holdout} if promotion else {}), split.proxy is not None, [])
     images = preprocess_images(images=split_dataset(images=ingest(source=data), cfg=split), cfg=preprocess)
     test_images = preprocess_images(images=ingest(source=test_data, id="ingest_test"), cfg=preprocess,
                                     id="preprocess_test")
