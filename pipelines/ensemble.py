@@ -79,7 +79,8 @@ def ensemble_pipeline(
     val_metrics, _, _, _, _, _, _ = evaluate(val_predictions=val_ensemble, images=images, history=history)
     if registered_model_name is not None:
         model_version = register_ensemble(names=names, checkpoints=checkpoints, ensemble_weights=weights,
-                                          val_metrics=val_metrics, registered_model_name=registered_model_name)
+                                          val_metrics=val_metrics, registered_model_name=registered_model_name,
+                                          images=images)
         if promotion is not None:
             promote_model(model_version=model_version, images=images, registered_model_name=registered_model_name,
                           cfg=promotion)

@@ -122,7 +122,7 @@ def training_pipeline(
     generalisation_report(val_report=val_report, proxy_report=proxy_report, external_reports=external_reports,
                           external_names=names)
     model_version = register_model(checkpoint=checkpoint, val_metrics=val_metrics, proxy_metrics=proxy_metrics,
-                                   registered_model_name=registered_model_name)
+                                   registered_model_name=registered_model_name, images=images)
     if promotion is not None:
         promote_model(model_version=model_version, images=images, registered_model_name=registered_model_name,
                       cfg=promotion, holdout_images=external_images.get(promotion.holdout))

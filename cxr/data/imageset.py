@@ -112,8 +112,7 @@ class ImageSet:
         lossless format gets the same digest), or of its file's bytes before decoding."""
         if self.images is None:
             return [file_digest(path) for path in self.manifest["path"]]
-        return [hashlib.blake2b(memoryview(np.ascontiguousarray(image)).cast("B"), digest_size=16,
-                                key=str(image.shape).encode()).hexdigest() for image in self.images]
+        return [pixel_digest(image) for image in self.images]
 
     def content_hash(self) -> str:
         """Hash of ids, labels, mask and pixels only: the same for the same images wherever their
@@ -145,6 +144,17 @@ class ImageSet:
         return cls(frame[list(MANIFEST_COLUMNS)].reset_index(drop=True), names,
                    labels.reshape(len(frame), len(names)), mask.reshape(len(frame), len(names)),
                    images, tuple(skipped))
+
+
+def pixel_digest(image: np.ndarray) -> str:
+    """blake2b of a decoded image's shape and pixels (32 hex characters)."""
+    return hashlib.blake2b(str(image.shape).encode() + np.ascontiguousarray(image).tobytes(),
+                           digest_size=16).hexdigest()
+
+
+def hashed_id(value: str) -> str:
+    """12 hex digits of blake2b: the form in which an image or patient id may be logged."""
+    return hashlib.blake2b(str(value).encode(), digest_size=6).hexdigest()
 
 
 def file_digest(path: str) -> str:

@@ -29,7 +29,6 @@ are 12-hex-digit blake2b digests, so no raw image or patient id reaches a log or
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import warnings
 from collections.abc import Iterator, Mapping
@@ -43,7 +42,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxr.data.imageset import ImageSet
+from cxr.data.imageset import ImageSet, hashed_id, pixel_digest
 from cxr.errors import DataError
 from cxr.metrics.plots import figure_image
 from cxr.registry import Registry
@@ -65,11 +64,6 @@ class AuditConfig(BaseModel):
     hash_max_distance: int = Field(16, ge=0, le=64, description="near: most differing perceptual-hash bits")
     pixel_max_distance: float = Field(0.05, ge=0, le=2, description="near: most 1 - correlation of thumbnails")
     examples: int = Field(8, ge=0, description="pairs drawn in the example grid")
-
-
-def hashed_id(value: str) -> str:
-    """12 hex digits of blake2b: the form in which an id may be logged."""
-    return hashlib.blake2b(str(value).encode(), digest_size=6).hexdigest()
 
 
 def _phash(image: np.ndarray) -> int:
@@ -98,8 +92,7 @@ class Fingerprints:
 def fingerprints(images: np.ndarray, size: int = THUMBNAIL_SIZE) -> Fingerprints:
     """Digests, perceptual hashes and thumbnails of uint8 (N, H, W) ``images``."""
     views = [(image, image[:, ::-1]) for image in images]
-    digests = [hashlib.blake2b(str(image.shape).encode() + np.ascontiguousarray(image).tobytes(),
-                               digest_size=16).hexdigest() for image in images]
+    digests = [pixel_digest(image) for image in images]
     hashes = np.array([[_phash(view) for view in pair] for pair in views], np.uint64).reshape(-1, 2)
     thumbnails = np.array([[_thumbnail(view, size) for view in pair] for pair in views], np.float32)
     return Fingerprints(np.array(digests, object), hashes, thumbnails.reshape(len(images), 2, size * size))

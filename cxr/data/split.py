@@ -14,10 +14,10 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sklearn.model_selection import StratifiedGroupKFold
 
-from cxr.data.imageset import ImageSet
+from cxr.data.imageset import ImageSet, hashed_id
 from cxr.errors import DataError
 from cxr.registry import Registry
 
@@ -25,6 +25,9 @@ PROXY_SPLITS = Registry("proxy split")
 register_proxy_split = PROXY_SPLITS.register
 ProxySplitName = PROXY_SPLITS.choice()
 SPLIT_NAMES = ("train", "val", "proxy")
+
+
+ID_ORDER_PATTERN = r"^(?P<family>.*?)(?P<order>\d+)$"
 
 
 class ProxyConfig(BaseModel):
@@ -36,9 +39,9 @@ class ProxyConfig(BaseModel):
                                    "id family (the latest acquisitions); groups: whole groups named by a regex")
     fraction: float = Field(0.15, gt=0, lt=0.5, description="share of each family's (id_order) or of all "
                             "(groups) images held out")
-    pattern: str = Field(r"^(?P<family>.*?)(?P<order>\d+)$", description="id_order: regex over the patient id "
-                         "with groups 'order' (digits) and optionally 'family'; groups: regex over the image "
-                         "path whose group 1 (or whole match) names the group")
+    pattern: str = Field(ID_ORDER_PATTERN, description="id_order: regex over the patient id with groups 'order' "
+                         "(digits) and optionally 'family'; groups (required): regex over the image path whose "
+                         "group 1 (or whole match) names the group")
     seed: int = Field(0, description="groups: order in which whole groups are drawn")
 
     @field_validator("pattern")
@@ -49,6 +52,13 @@ class ProxyConfig(BaseModel):
         except re.error as err:
             raise ValueError(f"split.proxy.pattern {value!r} is not a regular expression: {err}") from None
         return value
+
+    @model_validator(mode="after")
+    def _groups_need_a_pattern(self) -> "ProxyConfig":
+        if self.method == "groups" and self.pattern == ID_ORDER_PATTERN:
+            raise ValueError("split.proxy.method 'groups' needs split.proxy.pattern: a regex over the image path "
+                             "naming the group, e.g. '/(site_[a-z]+)/'")
+        return self
 
 
 class SplitConfig(BaseModel):
@@ -88,12 +98,12 @@ def patient_orders(patient_ids: pd.Series, pattern: str) -> pd.DataFrame:
     for patient in patient_ids.unique():
         match = regex.search(str(patient))
         if match is None or match.groupdict().get("order") is None:
-            unmatched.append(str(patient))
+            unmatched.append(hashed_id(patient))
             continue
         rows.append((patient, match.groupdict().get("family") or "", int(match.group("order"))))
     if unmatched:
         raise DataError(f"split.proxy.pattern {pattern!r} finds no 'order' digits in {len(unmatched)} patient "
-                        f"id(s), e.g. {unmatched[:3]}; give a pattern with a (?P<order>\\d+) group")
+                        f"id(s) (hashed: {unmatched[:3]}); give a pattern with a (?P<order>\\d+) group")
     return pd.DataFrame(rows, columns=["patient_id", "family", "order"])
 
 
@@ -106,7 +116,7 @@ def take_until(sizes: pd.Series, share: float) -> list:
 @register_proxy_split("id_order")
 def id_order_proxy(manifest: pd.DataFrame, cfg: ProxyConfig) -> set[str]:
     """Patients held out: within each id family, the highest-numbered ones (a temporal holdout
-    where ids are issued in order) up to ``cfg.fraction`` of the family's images."""
+    where ids are issued in order) until they hold ``cfg.fraction`` of the family's images."""
     orders = patient_orders(manifest["patient_id"], cfg.pattern)
     images = manifest["patient_id"].value_counts()
     held = []
@@ -120,26 +130,32 @@ def path_groups(manifest: pd.DataFrame, pattern: str) -> pd.Series:
     """Per patient, the group its image paths name most often (group 1 of ``pattern``, or the match)."""
     regex = re.compile(pattern)
 
-    def group(path: str) -> str:
+    def group(row: int, path: str) -> str:
         match = regex.search(path)
         if match is None:
-            raise DataError(f"split.proxy.pattern {pattern!r} does not match the image path {path!r}")
+            raise DataError(f"split.proxy.pattern {pattern!r} does not match the image path of row {row}")
         return match.group(1) if match.groups() else match.group(0)
 
-    named = manifest.assign(group=manifest["path"].map(group))
+    named = manifest.assign(group=[group(row, path) for row, path in enumerate(manifest["path"])])
     return named.groupby("patient_id")["group"].agg(lambda g: g.value_counts().index[0])
 
 
 @register_proxy_split("groups")
 def group_proxy(manifest: pd.DataFrame, cfg: ProxyConfig) -> set[str]:
-    """Patients held out: those of whole path-named groups (e.g. a site folder), drawn in
-    seeded random order until they hold ``cfg.fraction`` of the images."""
+    """Patients held out: those of path-named groups (e.g. a site folder; a patient counts in
+    the group most of its images name), drawn in seeded random order, skipping any that would
+    hold out more than twice ``cfg.fraction`` of the images, until ``cfg.fraction`` is reached."""
     groups = path_groups(manifest, cfg.pattern)
     if groups.nunique() < 2:
         raise DataError(f"split.proxy.pattern {cfg.pattern!r} names one group only: nothing to hold out")
     sizes = manifest["patient_id"].map(groups).value_counts()
-    order = np.random.default_rng(cfg.seed).permutation(sorted(sizes.index))
-    held = set(take_until(sizes[order], cfg.fraction)[:len(order) - 1])
+    held, total = [], 0
+    for name in np.random.default_rng(cfg.seed).permutation(sorted(sizes.index)):
+        if total < cfg.fraction * len(manifest) and total + sizes[name] <= 2 * cfg.fraction * len(manifest):
+            held, total = held + [name], total + sizes[name]
+    if not held:
+        raise DataError(f"every group split.proxy.pattern names holds more than {2 * cfg.fraction:.0%} of the "
+                        "images: raise split.proxy.fraction or name smaller groups")
     return set(groups.index[groups.isin(held)])
 
 

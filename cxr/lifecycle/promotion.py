@@ -59,6 +59,8 @@ class PromotionDecision:
 def check_holdout_unseen(train: ImageSet, holdout: ImageSet, name: str) -> None:
     """Raise a DataError if ``holdout`` shares an image with ``train``, by id or by pixel content
     (the same picture under another file name)."""
+    if (train.images is None) != (holdout.images is None):
+        raise ValueError("both sets must be decoded, or neither, to compare their content")
     by_id = sorted(set(train.ids) & set(holdout.ids))
     train_digests = set(train.image_digests())
     by_content = [i for i, d in zip(holdout.ids, holdout.image_digests()) if d in train_digests]
@@ -74,6 +76,10 @@ def holdout_set(images: ImageSet, cfg: PromotionConfig, external: ImageSet | Non
     holdout = images.split(cfg.holdout) if cfg.holdout in SPLIT_NAMES else external
     if holdout is None or len(holdout) == 0:
         raise DataError(f"promotion.holdout {cfg.holdout!r} holds no images in this run")
+    missing = [label for label in images.label_names if label not in holdout.label_names]
+    if missing or not holdout.is_labelled:
+        raise DataError(f"promotion.holdout {cfg.holdout!r} has no known labels for {missing or 'any label'}: a "
+                        "holdout must be labelled like the training data")
     check_holdout_unseen(images.split("train"), holdout, cfg.holdout)
     return holdout
 

@@ -63,12 +63,17 @@ def part_report(part: ImageSet, probs: np.ndarray, label_names: list[str],
 
 
 def gap_table(reports: Mapping[str, pd.DataFrame], reference: str = "val") -> pd.DataFrame:
-    """One row per label plus ``mean``: each set's AUC and ``gap_<set>`` = reference minus set."""
+    """One row per label plus ``mean``: each set's AUC and ``gap_<set>`` = reference minus set.
+
+    A set's mean and mean gap cover the labels it and the reference both score, so a label
+    one set cannot score (one class there) does not tilt the comparison."""
     auc = pd.DataFrame({name: report.set_index("label")["auc"] for name, report in reports.items()})
-    auc.loc["mean"] = auc.mean()
-    for name in reports:
-        if name != reference:
-            auc[f"gap_{name}"] = auc[reference] - auc[name]
+    shared = {name: auc[name].notna() & auc[reference].notna() for name in reports}
+    mean = {name: auc.loc[shared[name], name].mean() for name in reports}
+    for name in [n for n in reports if n != reference]:
+        auc[f"gap_{name}"] = auc[reference] - auc[name]
+        mean[f"gap_{name}"] = auc.loc[shared[name], f"gap_{name}"].mean()
+    auc.loc["mean"] = pd.Series(mean)
     return auc.rename_axis("label").reset_index()
 
 

@@ -58,6 +58,8 @@ def check_fit_inputs(train: ImageSet, val: ImageSet, proxy: ImageSet | None, cfg
         if part.label_names != train.label_names:
             raise DataError(f"train labels {train.label_names} differ from {name} labels {part.label_names}")
     check_val_classes(val)
+    if proxy is not None:
+        check_val_classes(proxy, "proxy")
 
 
 def load_backbone(model: Classifier, init: BackboneCheckpoint) -> None:

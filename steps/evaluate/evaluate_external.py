@@ -1,4 +1,4 @@
-"""evaluate_external step: one named external set scored like val, at val's thresholds."""
+"""evaluate_external step: one named external set scored like val, at the thresholds val's report applied."""
 
 from typing import Annotated, Tuple
 
@@ -39,6 +39,6 @@ def evaluate_external(predictions: pd.DataFrame, images: ImageSet, name: str, va
     mlflow.log_image(roc_curves(y, probs, labels, mask, title=name),
                      artifact_file=f"{prefix}/roc_curve.png")
     mlflow.log_image(confusion_matrices(report), artifact_file=f"{prefix}/confusion_matrix.png")
-    logger.info("external %s (TTA, val thresholds):\n%s", name, report.round(4).to_string(index=False))
+    logger.info("external %s (TTA, thresholds of the val report):\n%s", name, report.round(4).to_string(index=False))
     log_metadata({f"{prefix}/{k}": v for k, v in metrics.items()})
     return metrics, report

@@ -10,10 +10,13 @@ champion: ``previous_champion`` is set first, then ``champion`` moves in one cal
 from __future__ import annotations
 
 import tempfile
+import warnings
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Sequence
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -21,7 +24,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from cxr.data.imageset import ImageSet
+from cxr.data.imageset import ImageSet, file_digest
+from cxr.errors import DataError
 from cxr.infer.ensemble import EnsembleModel, save_ensemble_model
 from cxr.infer.serving import ServedModel, served_labels
 from cxr.infer.tta import SINGLE_VIEW
@@ -30,6 +34,7 @@ from cxr.metrics.generalisation import part_labels
 from cxr.models.checkpoint import save_checkpoint
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
+TRAIN_DIGESTS = "train_digests.txt"
 PYFUNC_FILE = Path(__file__).with_name("cxr_pyfunc.py")
 CORE_DIR = Path(__file__).resolve().parents[2] / "cxr"
 SERVING_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "numpy", "pandas", "pydantic",
@@ -46,10 +51,14 @@ def served_signature(label_names: list[str]) -> ModelSignature:
                             ParamSpec("batch_size", "long", 64)]))
 
 
-def log_served_model(model: ServedModel, name: str, tags: dict[str, str] | None = None) -> int:
+def log_served_model(model: ServedModel, name: str, tags: dict[str, str] | None = None,
+                     train_paths: Sequence[str] = ()) -> int:
     """Log a checkpoint or an ensemble as a pyfunc (safetensors + the core's code, no pickle)
     under the active MLflow run, register it as a new version of ``name`` with ``tags``;
-    returns the version."""
+    returns the version. ``train_paths``' file digests are logged beside it, so a later
+    promotion can leave out of its holdout the images this version trained on."""
+    if train_paths:
+        mlflow.log_text("\n".join(sorted({file_digest(path) for path in train_paths})), TRAIN_DIGESTS)
     ensemble = isinstance(model, EnsembleModel)
     with tempfile.TemporaryDirectory() as tmp:
         save_ensemble_model(model, tmp) if ensemble else save_checkpoint(model, tmp)
@@ -78,6 +87,36 @@ def registry_predictions(name: str, version: str, images: ImageSet) -> pd.DataFr
     """Single-view predictions of a registered version on ``images``' files, as it is served."""
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     return model.predict(pd.DataFrame({"id": images.ids, "path": images.manifest["path"].tolist()}))
+
+
+def trained_digests(version: ModelVersion) -> set[str] | None:
+    """File digests of the images ``version`` trained on, or None where it kept no record
+    (registered before the record existed, or outside a run)."""
+    if not version.run_id:
+        return None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=TRAIN_DIGESTS)
+    except (MlflowException, OSError):
+        return None
+    return set(Path(path).read_text().split())
+
+
+def unseen_by(champion: ModelVersion | None, holdout: ImageSet) -> tuple[ImageSet, dict[str, str]]:
+    """``holdout`` without the images ``champion`` trained on, and what was left out; warns
+    when the champion kept no record of its training images."""
+    if champion is None:
+        return holdout, {}
+    seen = trained_digests(champion)
+    if seen is None:
+        warnings.warn(f"champion version {champion.version} kept no record of its training images: the holdout may "
+                      "include some, which favours the champion", stacklevel=2)
+        return holdout, {"champion_training_record": "missing"}
+    keep = np.flatnonzero([digest not in seen for digest in map(file_digest, holdout.manifest["path"])])
+    if len(keep) == 0:
+        raise DataError(f"the champion (version {champion.version}) trained on every holdout image: nothing "
+                        "left to compare on")
+    return holdout.subset(keep), {"champion_training_record": "present",
+                                  "holdout_left_out_champion_trained": str(len(holdout) - len(keep))}
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -109,7 +148,8 @@ def promote(client: MlflowClient, name: str, version: int, holdout: ImageSet, cf
             holdout_name: str = "val") -> tuple[str, PromotionDecision | None, int | None]:
     """Decide on ``version`` against the current champion on ``holdout`` (both scored as
     served), then move the aliases and tag the version with the holdout's name and content
-    hash. Returns (alias, decision, champion version before).
+    hash. Holdout images the champion trained on (by its record of file digests) are left out
+    for both. Returns (alias, decision, champion version before).
 
     Every prediction and the decision come before the first registry write, so any failure
     leaves the previous champion in place.
@@ -117,13 +157,15 @@ def promote(client: MlflowClient, name: str, version: int, holdout: ImageSet, cf
     champion = alias_version(client, name, CHAMPION)
     if champion is not None and int(champion.version) == version:
         return CHAMPION, None, version
+    hash_before = holdout.content_hash()
+    holdout, record = unseen_by(champion, holdout)
     scored = registry_predictions(name, str(version), holdout)
     labels = [column for column in scored.columns if column != "id"]
     y, mask = part_labels(holdout, labels)
     new = scored[labels].to_numpy()
     old = None if champion is None else registry_predictions(name, str(champion.version), holdout)[labels].to_numpy()
     decision = decide(y, mask, new, old, cfg)
-    evidence = {"holdout": holdout_name, "holdout_hash": holdout.content_hash(), "holdout_images": len(holdout)}
+    evidence = {"holdout": holdout_name, "holdout_hash": hash_before, "holdout_images": len(holdout), **record}
     alias = apply_decision(client, name, version, decision, evidence)
     return alias, decision, None if champion is None else int(champion.version)
 

@@ -1,10 +1,11 @@
 """register_ensemble step: log the kept members and their weights as one pyfunc version."""
 
-from typing import Annotated, List
+from typing import Annotated, List, Optional
 
 import numpy as np
 from zenml import step
 
+from cxr.data.imageset import ImageSet
 from cxr.infer.ensemble import EnsembleModel
 from cxr.models.checkpoint import Checkpoint
 from steps.caching import code_cache_policy
@@ -13,10 +14,11 @@ from steps.registry.register_model import register_served
 
 @step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
 def register_ensemble(names: List[str], checkpoints: List[Checkpoint], ensemble_weights: dict, val_metrics: dict,
-                      registered_model_name: str) -> Annotated[int, "model_version"]:
+                      registered_model_name: str, images: Optional[ImageSet] = None) -> Annotated[int, "model_version"]:
     """Register the ensemble (kept members' checkpoints + weights) as a new version of
     ``registered_model_name``, so it is served, promoted and rolled back like a single model.
-    Tags: val metrics, members, weighting and the ZenML run.
+    Tags: val metrics, members, weighting and the ZenML run; ``images``' train split is recorded
+    as for a single model.
     """
     by_name = dict(zip(names, checkpoints))
     kept = ensemble_weights["members"]
@@ -24,4 +26,4 @@ def register_ensemble(names: List[str], checkpoints: List[Checkpoint], ensemble_
                           ensemble_weights["weighting"])
     return register_served(model, val_metrics, registered_model_name,
                            {"ensemble_members": ",".join(kept), "weighting": model.weighting,
-                            "backbone": "+".join(by_name[m].meta.model.backbone for m in kept)})
+                            "backbone": "+".join(by_name[m].meta.model.backbone for m in kept)}, images)

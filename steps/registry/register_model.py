@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
+from cxr.data.imageset import ImageSet
 from cxr.infer.serving import ServedModel, served_labels
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from cxr.models.checkpoint import Checkpoint
@@ -16,26 +17,31 @@ logger = get_logger(__name__)
 
 @step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
 def register_model(checkpoint: Checkpoint, val_metrics: dict, registered_model_name: str = DEFAULT_MODEL_NAME,
-                   proxy_metrics: Optional[dict] = None) -> Annotated[int, "model_version"]:
+                   proxy_metrics: Optional[dict] = None,
+                   images: Optional[ImageSet] = None) -> Annotated[int, "model_version"]:
     """Log ``checkpoint`` as a pyfunc model (safetensors + core code, no pickle) and register it.
 
-    The new version is tagged with its val (and proxy) metrics, backbone, labels and the ZenML run id.
+    The new version is tagged with its val (and proxy) metrics, backbone, labels and the ZenML
+    run id; the file digests of ``images``' train split are logged beside it, so later
+    promotions leave the images it trained on out of their holdout.
     Cached like any step: a re-run with the same checkpoint adds no duplicate version.
     YAML: ``parameters.registered_model_name``.
     """
     meta = checkpoint.meta
     proxy = {f"proxy_{k}": f"{v:.6f}" for k, v in (proxy_metrics or {}).items()}
     return register_served(checkpoint, val_metrics, registered_model_name,
-                           {"backbone": meta.model.backbone, "image_size": str(meta.image_size)} | proxy)
+                           {"backbone": meta.model.backbone, "image_size": str(meta.image_size)} | proxy, images)
 
 
-def register_served(model: ServedModel, val_metrics: dict, name: str, tags: dict[str, str]) -> int:
+def register_served(model: ServedModel, val_metrics: dict, name: str, tags: dict[str, str],
+                    images: ImageSet | None = None) -> int:
     """Register ``model`` as a new version of ``name``, tagged with ``tags`` plus its val
-    metrics, labels and this ZenML run; returns the version."""
+    metrics, labels and this ZenML run, with the record of ``images``' train split; returns the version."""
     run = get_step_context().pipeline_run
     tags = tags | {f"val_{k}": f"{v:.6f}" for k, v in val_metrics.items()}
     tags |= {"zenml_run_id": str(run.id), "zenml_run_name": run.name, "labels": ",".join(served_labels(model))}
-    version = log_served_model(model, name, tags)
+    train = [] if images is None else images.split("train").manifest["path"].tolist()
+    version = log_served_model(model, name, tags, train)
     logger.info("registered %s version %d (val mean AUC %.4f)", name, version, val_metrics.get("mean_auc", float("nan")))
     log_metadata({"registered_model_name": name, "model_version": version})
     return version

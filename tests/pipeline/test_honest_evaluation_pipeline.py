@@ -84,6 +84,10 @@ def test_external_metrics_are_scikit_learns_and_logged_under_the_set_name(run):
     expected = roc_auc_score(site.labels[:, 0], predictions.set_index("id").loc[site.ids, "pneumonia"])
     metrics = output(run, "evaluate_external_site_b", "external_metrics")
     assert metrics["mean_auc"] == pytest.approx(expected, abs=1e-9)
+    report, val_report = output(run, "evaluate_external_site_b", "external_report"), output(run, "evaluate", "val_report")
+    assert report["threshold"].tolist() == val_report["threshold"].tolist()
+    p = predictions.set_index("id").loc[site.ids, "pneumonia"].to_numpy()
+    assert report["tp"].iloc[0] == int(((p >= report["threshold"].iloc[0]) & (site.labels[:, 0] > 0.5)).sum())
     assert output(run, "evaluate_external_site_c", "external_metrics") == {}
     use_stack_tracking()
     logged = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.runName = '{run.name}'")

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
 
-from cxr.data.imageset import ImageSet
+from cxr.data.imageset import ImageSet, hashed_id
 from cxr.data.split import ProxyConfig, SplitConfig, split_train_val
 from cxr.errors import DataError
 from cxr.metrics.generalisation import (ThresholdConfig, check_set_names, fitted_thresholds, gap_table,
@@ -57,11 +58,14 @@ class TestProxySplit:
                                                                         (s != "proxy").all())).all()
             assert 0 < (out.manifest["split"] == "proxy").mean() < 0.5
 
-    def test_without_proxy_the_val_split_is_unchanged(self):
+    def test_without_proxy_val_is_the_plain_stratified_group_fold(self):
         images = kermany_like()
         plain = split_train_val(images, SplitConfig(val_fraction=0.2, seed=4)).manifest["split"]
+        folds = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=4)
+        _, val = next(folds.split(np.zeros(len(images)), images.labels[:, 0].astype(int) - 1,
+                                  images.manifest["patient_id"]))
+        assert np.flatnonzero(plain == "val").tolist() == sorted(val.tolist())
         assert set(plain) == {"train", "val"}
-        assert plain.tolist() == split_train_val(images, SplitConfig(val_fraction=0.2, seed=4)).manifest["split"].tolist()
 
     def test_proxy_does_not_depend_on_the_val_seed(self):
         images = kermany_like()
@@ -69,17 +73,29 @@ class TestProxySplit:
                  for s in (0, 1)]
         assert proxy[0].tolist() == proxy[1].tolist()
 
-    def test_ids_without_digits_are_named(self):
+    def test_ids_without_digits_are_named_hashed(self):
         images = kermany_like()
         images.manifest.loc[0:1, "patient_id"] = "anonymous"
-        with pytest.raises(DataError, match="'anonymous'"):
+        with pytest.raises(DataError, match=f"1 patient id.*{hashed_id('anonymous')}") as raised:
             split_train_val(images, SplitConfig(proxy=ProxyConfig()))
+        assert "anonymous" not in str(raised.value)
+
+    def test_groups_skip_a_group_that_would_hold_out_too_much(self):
+        images = kermany_like()
+        images.manifest["path"] = [f"/{'big' if k < 200 else f'small{k % 4}'}/{k}.png" for k in range(len(images))]
+        for seed in range(4):
+            out = split_train_val(images, SplitConfig(proxy=ProxyConfig(method="groups", pattern="^/(\\w+)/",
+                                                                        fraction=0.15, seed=seed)))
+            proxy = out.manifest[out.manifest["split"] == "proxy"]
+            assert not proxy["path"].str.startswith("/big/").any() and 0.1 < len(proxy) / len(images) <= 0.3
 
     def test_bad_pattern_and_unknown_method_fail_validation(self):
         with pytest.raises(ValueError, match="not a regular expression"):
             ProxyConfig(pattern="(")
         with pytest.raises(ValueError, match="id_order"):
             ProxyConfig(method="random")
+        with pytest.raises(ValueError, match="'groups' needs split.proxy.pattern"):
+            ProxyConfig(method="groups")
 
 
 class TestSetMetrics:
@@ -121,6 +137,9 @@ class TestSetMetrics:
         assert table.loc["a", "gap_proxy"] == pytest.approx(0.10)
         assert table.loc["mean", "val"] == pytest.approx(0.925)
         assert table.loc["mean", "gap_proxy"] == pytest.approx(0.10)
+        site = pd.DataFrame({"label": ["a", "b"], "auc": [0.90, np.nan]})  # b: one class at the site
+        mean = gap_table({"val": val, "site": site}).set_index("label").loc["mean"]
+        assert (mean["val"], mean["site"], mean["gap_site"]) == pytest.approx((0.925, 0.90, 0.05))
 
 
 def test_settings_naming_a_missing_set_are_refused():

@@ -67,13 +67,13 @@ def brightness_checkpoint(sign: float, size: int = 32) -> Checkpoint:
     return Checkpoint.from_model(model, meta)
 
 
-def register(checkpoint: Checkpoint, name: str) -> int:
+def register(checkpoint: Checkpoint, name: str, train_paths: tuple[str, ...] = ()) -> int:
     import mlflow
 
     from steps.registry.lifecycle import log_served_model
 
     with mlflow.start_run():
-        return log_served_model(checkpoint, name)
+        return log_served_model(checkpoint, name, train_paths=train_paths)
 
 
 def test_better_version_becomes_champion_worse_stays_challenger_and_rollback(tmp_path: Path, registry, monkeypatch):
@@ -130,13 +130,13 @@ def test_served_version_honours_the_views_param(tmp_path: Path, registry):
     assert not np.allclose(tta["opacity"], served.predict(frame)["opacity"], atol=1e-4)
 
 
-def run_images(tmp_path: Path, invert_proxy: bool = True) -> ImageSet:
+def run_images(tmp_path: Path) -> ImageSet:
     """train/val/proxy splits of generated images (ids unique per split); the proxy's labels
     are inverted, so a model that is better on val is worse on the proxy."""
     parts = []
     for k, name in enumerate(("train", "val", "proxy")):
         part = write_images(tmp_path / name, 40 if name != "train" else 8, seed=k)
-        labels = 1 - part.labels if name == "proxy" and invert_proxy else part.labels
+        labels = 1 - part.labels if name == "proxy" else part.labels
         manifest = part.manifest.assign(id=[f"{name}_{i}" for i in part.ids], split=name)
         parts.append(ImageSet(manifest, part.label_names, labels, part.mask))
     return ImageSet(pd.concat([p.manifest for p in parts], ignore_index=True), parts[0].label_names,
@@ -163,6 +163,25 @@ def test_promotion_decides_on_the_holdout_not_on_val(tmp_path: Path, registry):
     assert tags["promotion_holdout_hash"] == images.split("proxy").content_hash()
 
 
+def test_holdout_images_the_champion_trained_on_are_left_out_for_both(tmp_path: Path, registry):
+    from steps.registry import lifecycle
+
+    images = run_images(tmp_path)
+    proxy = images.split("proxy")
+    name = "cxr-champion-record-test"
+    v1 = register(brightness_checkpoint(+1.0), name, train_paths=tuple(proxy.manifest["path"][:10]))
+    assert lifecycle.promote(registry, name, v1, images.split("val"), PromotionConfig())[0] == "champion"
+    v2 = register(brightness_checkpoint(-1.0), name)
+    alias, decision, _ = lifecycle.promote(registry, name, v2, proxy, PromotionConfig(holdout="proxy"), "proxy")
+    tags = registry.get_model_version(name, str(v2)).tags
+    assert tags["promotion_holdout_left_out_champion_trained"] == "10" and tags["promotion_holdout_images"] == "30"
+    assert tags["promotion_champion_training_record"] == "present" and alias == "champion"
+    v3 = register(brightness_checkpoint(+1.0), name)
+    with pytest.warns(UserWarning, match=f"champion version {v2} kept no record"):
+        lifecycle.promote(registry, name, v3, proxy, PromotionConfig(holdout="proxy"), "proxy")
+    assert registry.get_model_version(name, str(v3)).tags["promotion_champion_training_record"] == "missing"
+
+
 @pytest.mark.parametrize("decoded", [False, True])
 def test_holdout_overlapping_train_is_refused_by_id_and_by_content(tmp_path: Path, decoded: bool):
     import shutil
@@ -183,5 +202,8 @@ def test_holdout_overlapping_train_is_refused_by_id_and_by_content(tmp_path: Pat
     site.manifest.loc[0, ["id", "path"]] = ["renamed_copy", str(copy)]
     with pytest.raises(DataError, match=r"'site' overlaps the train split: 0 image id\(s\) and 1 image"):
         holdout_set(clean, PromotionConfig(holdout="site"), external=prepare(site))
+    unlabelled = ImageSet(site.manifest, (), np.zeros((6, 0), np.float32), np.zeros((6, 0), bool))
+    with pytest.raises(DataError, match="must be labelled like the training data"):
+        holdout_set(clean, PromotionConfig(holdout="site"), external=prepare(unlabelled))
     with pytest.raises(ValueError, match="cannot be the train split"):
         PromotionConfig(holdout="train")
