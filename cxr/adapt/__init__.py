@@ -1,0 +1,1 @@
+"""Adaptation of a trained model to a target site from its unlabelled images."""
