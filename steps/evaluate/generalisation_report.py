@@ -30,7 +30,8 @@ def generalisation_report(val_report: pd.DataFrame, proxy_report: pd.DataFrame,
                                                          zip(external_names, external_reports)}
     table = gap_table({name: report for name, report in named.items() if len(report)})
     mean = table.set_index("label").loc["mean"]
-    gaps = {f"gap_{k[4:].replace('/', '_')}_mean_auc": float(v) for k, v in mean.items() if k.startswith("gap_")}
+    gaps = {f"gap_{k.removeprefix('gap_').replace('/', '_')}_mean_auc": float(v) for k, v in mean.items()
+            if k.startswith("gap_")}
     plot = auc_by_set(table)
     mlflow.log_metrics(gaps)
     mlflow.log_text(table.to_csv(index=False), "generalisation_report.csv")
