@@ -69,7 +69,7 @@ def training_curves(history: pd.DataFrame, select_on: str = "val") -> Image.Imag
         right.plot(history["epoch"], history[f"{part}_auc"], marker="o", c=colour, label=part)
     left.set(xlabel="epoch", ylabel="loss", title="loss")
     left.legend()
-    best = history[f"{select_on}_auc"].idxmax()
+    best = history.index[history["kept"]][0] if "kept" in history else history[f"{select_on}_auc"].idxmax()
     right.scatter([history["epoch"][best]], [history[f"{select_on}_auc"][best]], s=120, facecolors="none",
                   edgecolors="red", label=f"kept ({select_on} {history[f'{select_on}_auc'][best]:.4f})")
     right.set(xlabel="epoch", ylabel="mean ROC AUC", title="validation AUC" + (" and proxy" if len(parts) > 1 else ""))
@@ -136,4 +136,19 @@ def auc_by_set(gaps: pd.DataFrame) -> Image.Image:
     ax.set_xticks(x, gaps["label"], rotation=30, ha="right", fontsize=8)
     ax.set(ylim=(0.5, 1.0), ylabel="ROC AUC", title="AUC by evaluation set (val overstates a new site)")
     ax.legend(fontsize=8)
+    return figure_image(fig)
+
+
+def robustness_curves(table: pd.DataFrame) -> Image.Image:
+    """Mean AUC against severity, one line per corruption, the clean AUC dashed (a
+    ``robustness_table``)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    clean = float(table.loc[table["corruption"] == "none", "auc"].iloc[0])
+    corrupted = table[table["corruption"] != "none"]
+    for name, rows in corrupted.groupby("corruption"):
+        ax.plot(rows["severity"], rows["auc"], marker="o", label=name)
+    ax.axhline(clean, ls="--", c="black", label=f"clean {clean:.3f}")
+    ax.set(xlabel="severity", ylabel="mean ROC AUC", xticks=sorted(corrupted["severity"].unique()),
+           title=f"AUC under acquisition corruptions (mean {corrupted['auc'].mean():.3f})")
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
     return figure_image(fig)

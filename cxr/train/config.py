@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cxr.train.augment import AugmentConfig
+from cxr.train.averaging import AveragingName
 from cxr.train.losses import LossName
 from cxr.train.optim import OptimizerName, ScheduleName
 
@@ -41,7 +42,16 @@ class TrainConfig(BaseModel):
     select_on: str = Field("val", pattern="^(val|proxy)$", description="split whose mean AUC picks the best "
                            "epoch and drives early stopping: val, or proxy (needs split.proxy)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    averaging: AveragingName = Field("none", description="weight averaging whose weights are validated and "
+                                     "checkpointed: none, ema (after every step) or swa (last swa_epochs epochs)")
+    ema_decay: float = Field(0.998, gt=0, lt=1, description="ema: decay reached after timm's warm-up")
+    ema_warmup: bool = Field(True, description="ema: decay grows from 0 (short runs average their late steps)")
+    swa_epochs: int = Field(3, ge=1, description="swa: epochs averaged, counted back from the last")
+    amp: bool = Field(True, description="mixed precision on CUDA")
+    cpu_bf16: bool = Field(False, description="bf16 autocast on a CPU with native bf16 (AVX512-BF16/AMX); "
+                           "ignored with a warning elsewhere")
+    channels_last: bool | None = Field(None, description="channels_last memory format; None: on CUDA only")
+    compile: bool = Field(False, description="torch.compile the training model")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     processes: int = Field(1, ge=1, description="data-parallel processes (one per GPU) under torchrun and "
                            "Accelerate; batch_size is per process; 1 trains in this process")
@@ -52,6 +62,9 @@ class TrainConfig(BaseModel):
     def _check(self) -> "TrainConfig":
         if self.augment.scale_min > self.augment.scale_max:
             raise ValueError("augment.scale_min must not exceed augment.scale_max")
+        if self.averaging == "swa" and self.early_stopping_patience:
+            raise ValueError("train.averaging 'swa' averages the last swa_epochs epochs; early stopping "
+                             "would end the run before them: unset train.early_stopping_patience")
         if self.processes > 1 and ":" in self.device:
             raise ValueError(f"train.processes={self.processes} places one process per GPU itself; "
                              f"device must be auto, cuda or cpu, not {self.device!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -26,11 +27,11 @@ from cxr.data.split import check_val_classes
 from cxr.errors import DataError
 from cxr.infer.predict import predict_proba
 from cxr.metrics.classification import mean_auc
-from cxr.models.backbones import channels_last_if_cuda
 from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint, CheckpointMeta, cpu_state
 from cxr.models.classifier import Classifier, ModelConfig
 from cxr.runtime import deterministic, image_stats, resolve_device
 from cxr.train.augment import augment_batch
+from cxr.train.averaging import NoAverage, create_averaging
 from cxr.train.config import TrainConfig
 from cxr.train.losses import MaskedBCELoss, create_loss
 from cxr.train.mixing import mix_batch
@@ -144,7 +145,10 @@ class TrainState:
     use_amp: bool
     amp_dtype: torch.dtype
     order_generator: torch.Generator
+    average: NoAverage
+    channels_last: bool
     accelerator: Accelerator | None = None
+    steps_done: int = 0
 
     @property
     def rank(self) -> int:
@@ -154,11 +158,31 @@ class TrainState:
     def world(self) -> int:
         return self.accelerator.num_processes if self.accelerator else 1
 
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights that are validated and checkpointed: the averaged ones, if any."""
+        return self.average.weights(self.model)
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast
+    is emulated and slower than float32."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
 
 def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
-    """Autocast on CUDA only: bf16 where supported, else fp16 (which needs a grad scaler)."""
-    cuda = device.type == "cuda"
-    return cfg.amp and cuda, torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    """Autocast on CUDA (bf16 where supported, else fp16, which needs a grad scaler), and bf16 on
+    a CPU with native bf16 when ``cfg.cpu_bf16`` asks for it."""
+    if device.type == "cuda":
+        return cfg.amp, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if cfg.cpu_bf16 and not cpu_has_bf16():
+        warnings.warn("train.cpu_bf16 is set but this CPU has no native bf16 (AVX512-BF16/AMX): "
+                      "training in float32", stacklevel=2)
+    return cfg.cpu_bf16 and cpu_has_bf16(), torch.bfloat16
 
 
 def shard_rows(n: int, world: int) -> int:
@@ -168,18 +192,25 @@ def shard_rows(n: int, world: int) -> int:
 
 
 def build_state(train: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
-                backbone_init: BackboneCheckpoint | None, accelerator: Accelerator | None = None) -> TrainState:
-    """Model (optionally from a pretrained backbone), loss, optimizer, schedule and RNGs."""
+                backbone_init: BackboneCheckpoint | None, accelerator: Accelerator | None = None,
+                init: Checkpoint | None = None) -> TrainState:
+    """Model (optionally from a pretrained backbone, or every weight and the normalisation of
+    ``init``), loss, optimizer, schedule, weight averaging and RNGs."""
     device = accelerator.device if accelerator else resolve_device(cfg.device)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
-    model = Classifier(model_cfg, len(train.label_names))
+    model = Classifier(model_cfg, len(train.label_names), load_weights=init is None)
     if backbone_init is not None:
         load_backbone(model, backbone_init)
-    model = channels_last_if_cuda(model.to(device), device)
-    mean, std = image_stats(train.images, seed=cfg.seed)
+    if init is not None:
+        model.load_state_dict(init.state_dict)
+    channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    mean, std = (init.meta.mean, init.meta.std) if init is not None else image_stats(train.images, seed=cfg.seed)
     loss_fn = create_loss(cfg.loss, train.labels, train.mask, **cfg.model_dump()).to(device)
     optimizer = create_optimizer(model, cfg)
+    average = create_averaging(cfg.averaging, model, cfg.epochs, **cfg.model_dump())
     net = accelerator.prepare_model(model, device_placement=False) if world > 1 else model
+    net = torch.compile(net) if cfg.compile else net
     steps = max(sum(1 for _ in batches(torch.arange(shard_rows(rows_per_epoch(train, cfg), world)),
                                        cfg.batch_size)), 1)
     use_amp, amp_dtype = amp_settings(cfg, device)
@@ -188,7 +219,7 @@ def build_state(train: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
     order_generator = generator if world == 1 else torch.Generator().manual_seed(cfg.seed)
     return TrainState(model, net, loss_fn, optimizer, create_schedule(optimizer, cfg, steps), scaler, cfg, device, mean, std,
                       generator, np.random.default_rng(cfg.seed + rank), use_amp, amp_dtype, order_generator,
-                      accelerator)
+                      average, channels_last, accelerator)
 
 
 def train_step(state: TrainState, train: ImageSet, idx: np.ndarray) -> float:
@@ -199,7 +230,7 @@ def train_step(state: TrainState, train: ImageSet, idx: np.ndarray) -> float:
     y = torch.from_numpy(train.labels[idx]).to(device)
     m = torch.from_numpy(train.mask[idx]).to(device)
     x, y, m = mix_batch(x, y, m, state.rng, cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob)
-    if device.type == "cuda":
+    if state.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.use_amp):
         logits = state.net(x)
@@ -214,6 +245,8 @@ def train_step(state: TrainState, train: ImageSet, idx: np.ndarray) -> float:
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.schedule.step_batch()
+    state.steps_done += 1
+    state.average.after_step(state.model, state.steps_done)
     return loss.item()
 
 
@@ -252,13 +285,13 @@ def evaluate_epoch(state: TrainState, parts: dict[str, ImageSet]) -> dict[str, f
 def predict_val(state: TrainState, val: ImageSet) -> np.ndarray:
     """(N, L) val probabilities; under several processes each predicts a contiguous share with
     rank 0's BatchNorm statistics (the weights a checkpoint keeps) and the shares are gathered."""
-    batch_size = state.cfg.batch_size * 2
+    batch_size, model = state.cfg.batch_size * 2, state.evaluated
     if state.world == 1:
-        return predict_proba(state.model, val.images, state.mean, state.std, batch_size, state.device)
-    for buffer in state.model.buffers():
+        return predict_proba(model, val.images, state.mean, state.std, batch_size, state.device)
+    for buffer in model.buffers():
         torch.distributed.broadcast(buffer, src=0)
     share = np.array_split(np.arange(len(val)), state.world)[state.rank]
-    probs = predict_proba(state.model, val.images[share], state.mean, state.std, batch_size, state.device)
+    probs = predict_proba(model, val.images[share], state.mean, state.std, batch_size, state.device)
     return np.concatenate([p for p in gather_object([probs]) if len(p)])
 
 
@@ -266,7 +299,7 @@ def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig
         preprocess: dict | None = None, progress: bool = True,
         on_epoch: Callable[[dict], None] | None = None,
         backbone_init: BackboneCheckpoint | None = None, accelerator: Accelerator | None = None,
-        proxy: ImageSet | None = None) -> FitResult:
+        proxy: ImageSet | None = None, init: Checkpoint | None = None) -> FitResult:
     """Train a classifier on ``train``, validate each epoch on ``val`` (and ``proxy``, when
     given), keep the best epoch by the mean AUC of the ``cfg.select_on`` split.
 
@@ -274,7 +307,9 @@ def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig
     ``backbone_init`` (e.g. from SSL pretraining) initialises the backbone; with
     ``model_cfg.freeze_backbone`` only the head is trained on top of it. ``accelerator``
     (set up by ``cxr.train.distributed``) trains data-parallel; every process then returns
-    the same result.
+    the same result. ``init`` continues from a trained checkpoint (weights and normalisation),
+    e.g. for self-training. Under ``cfg.averaging`` the averaged weights are validated and
+    checkpointed; SWA's candidates are only the epochs it has averaged.
     """
     check_fit_inputs(train, val, proxy, cfg)
     parts = {"val": val} | ({"proxy": proxy} if proxy is not None else {})
@@ -282,32 +317,35 @@ def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     with deterministic(cfg.seed):
-        state = build_state(train, model_cfg, cfg, backbone_init, accelerator)
+        state = build_state(train, model_cfg, cfg, backbone_init, accelerator, init)
         weights = balanced_sample_weights(train.labels, train.mask) if cfg.balanced_sampler else None
-        history, best_state, stale = [], None, 0
+        history, best_state, best, stale = [], None, None, 0
         for epoch in range(1, cfg.epochs + 1):
             train_loss, seen, seconds = train_epoch(state, train, weights, f"epoch {epoch}/{cfg.epochs}", progress)
+            candidate = state.average.end_epoch(state.model, epoch, train.images, state.mean, state.std)
             row = {"epoch": epoch, "train_loss": train_loss, **evaluate_epoch(state, parts),
                    "lr": state.optimizer.param_groups[0]["lr"], "train_seconds": seconds,
-                   "train_images_per_s": seen / seconds}
+                   "train_images_per_s": seen / seconds, "averaged": cfg.averaging != "none" and candidate}
             history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
             if progress:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            improved = row[select] > max((h[select] for h in history[:-1]), default=-math.inf)
-            best_state, stale = (cpu_state(state.model), 0) if improved else (best_state, stale + 1)
+            if candidate and (best is None or row[select] > best[select]):
+                best_state, best, stale = cpu_state(state.evaluated), row, 0
+            else:
+                stale += 1
             state.schedule.step_epoch(row[select])
             if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
                 break
-    return FitResult(best_checkpoint(state, best_state, history, model_cfg, train, preprocess, select),
-                     pd.DataFrame(history))
+    frame = pd.DataFrame(history).assign(kept=[row is best for row in history])
+    return FitResult(best_checkpoint(state, best_state, best, model_cfg, train, preprocess), frame)
 
 
-def best_checkpoint(state: TrainState, best_state: dict, history: list[dict], model_cfg: ModelConfig,
-                    train: ImageSet, preprocess: dict | None, select: str = "val_auc") -> Checkpoint:
-    """The best epoch's weights (by ``select``) with the metadata needed to rebuild and apply them."""
-    best = max(history, key=lambda row: row[select])
+def best_checkpoint(state: TrainState, best_state: dict, best: dict, model_cfg: ModelConfig,
+                    train: ImageSet, preprocess: dict | None) -> Checkpoint:
+    """The best candidate epoch's weights (history row ``best``) with the metadata needed to
+    rebuild and apply them."""
     state.model.load_state_dict(best_state)
     scores = {k: v for k, v in best.items() if k.endswith(("_auc", "_loss")) and k != "train_loss"}
     meta = CheckpointMeta(model=model_cfg, image_size=int(train.images.shape[1]),

@@ -85,7 +85,7 @@ def test_on_epoch_receives_every_row(synthetic_split):
     result = fit(train, val, ModelConfig(backbone="resnet10t"), TrainConfig(epochs=2, **FAST), progress=False,
                  on_epoch=rows.append)
     assert [r["epoch"] for r in rows] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in rows)
-    assert rows == result.history.to_dict("records")
+    assert rows == result.history.drop(columns="kept").to_dict("records")  # "kept" is known at the end
 
 
 def test_fit_refuses_undecoded_or_one_class_val(synthetic_split, class_tree: Path):
@@ -214,3 +214,90 @@ def test_train_config_names_bad_keys():
         TrainConfig(learning_rate=0.1)
     with pytest.raises(ValueError, match="scale_min"):
         TrainConfig(augment=AugmentConfig(scale_min=1.2, scale_max=1.0))
+
+
+OFF = dict(hflip_prob=0, rotate_deg=0, scale_min=1, scale_max=1, translate=0, brightness=0, contrast=0)
+
+
+@pytest.mark.parametrize("knobs", [{"gamma": 0.5}, {"blur_prob": 1.0, "blur_sigma": 1.5}, {"noise_std": 0.1},
+                                   {"jpeg_prob": 1.0, "jpeg_quality_min": 10},
+                                   {"resample_prob": 1.0, "resample_scale_min": 0.3}])
+def test_each_acquisition_augmentation_changes_images_within_range(knobs: dict):
+    x = torch.rand(6, 1, 32, 32)
+    a = augment_batch(x.clone(), AugmentConfig(**OFF, **knobs), torch.Generator().manual_seed(0))
+    b = augment_batch(x.clone(), AugmentConfig(**OFF, **knobs), torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape and a.dtype == x.dtype
+    assert (a - x).abs().mean() > 0.005 and a.min() >= 0 and a.max() <= 1
+
+
+def test_blur_and_resampling_remove_detail_but_keep_the_mean():
+    x = torch.rand(4, 1, 32, 32)
+    for knobs in ({"blur_prob": 1.0, "blur_sigma": 2.0}, {"resample_prob": 1.0, "resample_scale_min": 0.25}):
+        y = augment_batch(x.clone(), AugmentConfig(**OFF, **knobs), torch.Generator().manual_seed(0))
+        assert y.std() < 0.8 * x.std(), knobs
+        torch.testing.assert_close(y.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=0.03, rtol=0)
+
+
+class Recorder:
+    """Wraps ``create_averaging`` to keep the averaging object and the live weights after the
+    last optimizer step (fit loads the kept weights into the live model when it ends)."""
+
+    def __init__(self, monkeypatch):
+        import cxr.train.loop as loop
+
+        self.made, self.last_step = [], {}
+        original = loop.create_averaging
+
+        def create(name, model, total_epochs, **knobs):
+            average = original(name, model, total_epochs, **knobs)
+            after_step = average.after_step
+
+            def recording(live, step):
+                after_step(live, step)
+                self.last_step = {k: v.detach().clone() for k, v in live.state_dict().items()}
+            average.after_step = recording
+            self.made.append(average)
+            return average
+        monkeypatch.setattr(loop, "create_averaging", create)
+
+
+def test_ema_weights_are_the_checkpointed_ones_and_differ_from_the_last_step(synthetic_split, monkeypatch):
+    train, val = synthetic_split
+    recorder = Recorder(monkeypatch)
+    result = fit(train, val, ModelConfig(backbone="resnet10t"), TrainConfig(epochs=1, averaging="ema", **FAST),
+                 progress=False)
+    ema_state, live_state = recorder.made[0].ema.module.state_dict(), recorder.last_step
+    for name, tensor in result.checkpoint.state_dict.items():
+        assert torch.equal(tensor, ema_state[name].cpu()), name
+    weights = [n for n in live_state if n.endswith("weight")]
+    assert sum(not torch.equal(ema_state[n], live_state[n]) for n in weights) == len(weights)
+    assert result.history["averaged"].all()
+
+
+def test_swa_checkpoints_an_average_of_the_last_epochs(synthetic_split, monkeypatch):
+    train, val = synthetic_split
+    recorder = Recorder(monkeypatch)
+    cfg = TrainConfig(epochs=4, averaging="swa", swa_epochs=2, **FAST)
+    result = fit(train, val, ModelConfig(backbone="resnet10t"), cfg, progress=False)
+    average = recorder.made[0]
+    assert average.swa.n_averaged.item() == 2
+    assert result.history["averaged"].tolist() == [False, False, True, True]
+    assert result.checkpoint.meta.epoch in (3, 4) and result.history["kept"].sum() == 1
+    if result.checkpoint.meta.epoch == 4:
+        swa_state = average.swa.module.state_dict()
+        assert all(torch.equal(t, swa_state[n].cpu()) for n, t in result.checkpoint.state_dict.items())
+    with pytest.raises(ValueError, match="early stopping"):
+        TrainConfig(averaging="swa", early_stopping_patience=2)
+    with pytest.raises(ValueError, match="unknown weight averaging 'polyak'"):
+        TrainConfig(averaging="polyak")
+
+
+def test_cpu_bf16_without_native_support_warns_and_trains_in_float32(monkeypatch):
+    import cxr.train.loop as loop
+
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        assert loop.amp_settings(TrainConfig(cpu_bf16=True), torch.device("cpu"))[0] is False
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)
+    assert loop.amp_settings(TrainConfig(cpu_bf16=True), torch.device("cpu")) == (True, torch.bfloat16)
+    assert loop.amp_settings(TrainConfig(), torch.device("cpu"))[0] is False
