@@ -3,5 +3,6 @@
 from steps.evaluate.evaluate import evaluate
 from steps.evaluate.evaluate_external import evaluate_external
 from steps.evaluate.generalisation_report import generalisation_report
+from steps.evaluate.robustness import robustness
 
-__all__ = ["evaluate", "evaluate_external", "generalisation_report"]
+__all__ = ["evaluate", "evaluate_external", "generalisation_report", "robustness"]
