@@ -1,15 +1,17 @@
 """Training pipeline: ingest -> split (train/val[/proxy]) -> preprocess -> [leakage audit against
-external and test sets] -> [features -> nn_pairs -> ssl_pretrain] -> finetune -> [cft_features ->
-cft_finetune] -> TTA -> evaluate (val, proxy) -> [evaluate_external per set] ->
-generalisation_report -> register [-> promote on the holdout], and, when test data is given,
-TTA -> submission for it. The bracketed steps run when ``audit`` (default on), ``ssl``,
-``cft``, ``external`` and ``promotion`` are set."""
+external and test sets] -> [features -> nn_pairs -> ssl_pretrain (+ target images)] -> finetune ->
+[cft_features -> cft_finetune] -> [adapt_to_target] -> TTA -> evaluate (val, proxy) ->
+[evaluate_external per set] -> generalisation_report -> [robustness] -> register [-> promote on the
+holdout], and, when test data is given, TTA -> submission for it. The bracketed steps run when
+``audit`` (default on), ``ssl``, ``cft``, ``adapt``, ``external``, ``robustness`` and ``promotion``
+are set."""
 
 from typing import Optional
 
 from zenml import pipeline
 
 import materializers  # noqa: F401  (registers the ImageSet and Checkpoint materializers)
+from cxr.adapt.target import AdaptConfig, check_adapt_target
 from cxr.cft.genetic import CFTConfig
 from cxr.data.ingest import ExternalSet, IngestConfig
 from cxr.data.leakage import AuditConfig
@@ -19,15 +21,16 @@ from cxr.infer.tta import REFERENCE_VIEWS, ViewName
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from cxr.lifecycle.promotion import PromotionConfig
 from cxr.metrics.generalisation import ThresholdConfig, check_set_names
+from cxr.metrics.robustness import RobustnessConfig
 from cxr.models.classifier import ModelConfig
 from cxr.ssl.pretrain import SSLConfig
 from cxr.train.config import TrainConfig
 from steps.data import audit_leakage, ingest, preprocess_images, split_dataset
-from steps.evaluate import evaluate, evaluate_external, generalisation_report
+from steps.evaluate import evaluate, evaluate_external, generalisation_report, robustness as score_robustness
 from steps.infer import submission, tta_predict
 from steps.registry import promote_model, register_model
 from steps.ssl import handcrafted_features, nn_pairs, ssl_pretrain, ssl_probe
-from steps.train import cft_features, cft_finetune, finetune
+from steps.train import adapt_to_target, cft_features, cft_finetune, finetune
 
 
 @pipeline
@@ -48,6 +51,8 @@ def training_pipeline(
     external: list[ExternalSet] = [],
     thresholds: ThresholdConfig = ThresholdConfig(),
     audit: Optional[AuditConfig] = AuditConfig(),
+    adapt: Optional[AdaptConfig] = None,
+    robustness: Optional[RobustnessConfig] = None,
 ) -> None:
     """Train, evaluate and register a chest X-ray classifier; write a submission for test data.
 
@@ -70,10 +75,15 @@ def training_pipeline(
         thresholds: the split the per-label F1 thresholds are fitted on.
         audit: leakage audit across train, val, proxy, external sets and test before any
             training; ``action: fail`` stops the run on a finding (None: no audit).
+        adapt: adaptation of the model to ``adapt.target`` (test or an external set) from its
+            unlabelled images: AdaBN, self-training, domain-adaptive SSL (None: off).
+        robustness: corruptions and severities the final model is scored under (None: off).
     """
     names = [entry.name for entry in external]
     check_set_names({"train.select_on": train.select_on, "thresholds.fit_on": thresholds.fit_on}
                     | ({"promotion.holdout": promotion.holdout} if promotion else {}), split.proxy is not None, names)
+    if adapt is not None:
+        check_adapt_target(adapt, test_data is not None, names, ssl is not None)
     images = ingest(source=data)
     images = split_dataset(images=images, cfg=split)
     images = preprocess_images(images=images, cfg=preprocess)
@@ -89,12 +99,14 @@ def training_pipeline(
         others = {**external_images, **({"test": test_images} if test_images is not None else {})}
         audit_leakage(images=images, others=list(others.values()), other_names=list(others), cfg=audit)
         before_training = ["audit_leakage"]
+    target = None if adapt is None else test_images if adapt.target == "test" else external_images[adapt.target]
     ssl_backbone = None
     if ssl is not None:
         pairs = None
         if ssl.positives == "nn_pairs":
             pairs, _ = nn_pairs(features=handcrafted_features(images=images))
         ssl_backbone, _, _ = ssl_pretrain(images=images, backbone=model.backbone, cfg=ssl, pairs=pairs,
+                                          target=target if adapt is not None and adapt.ssl else None,
                                           after=before_training)
         ssl_probe(ssl_backbone=ssl_backbone, images=images)
     checkpoint, history = finetune(images=images, model=model, train=train, preprocess=preprocess.model_dump(),
@@ -103,6 +115,8 @@ def training_pipeline(
         train_features, val_features = cft_features(checkpoint=checkpoint, images=images)
         checkpoint, _ = cft_finetune(checkpoint=checkpoint, images=images, train_features=train_features,
                                      val_features=val_features, cfg=cft)
+    if adapt is not None:
+        checkpoint, _ = adapt_to_target(checkpoint=checkpoint, images=images, target=target, cfg=adapt, train=train)
     val_predictions = tta_predict(checkpoint=checkpoint, images=images, subset="val", views=tta_views,
                                   id="tta_predict_val")
     proxy_predictions = None
@@ -121,6 +135,8 @@ def training_pipeline(
         external_reports.append(report)
     generalisation_report(val_report=val_report, proxy_report=proxy_report, external_reports=external_reports,
                           external_names=names)
+    if robustness is not None:
+        score_robustness(checkpoint=checkpoint, images=images, cfg=robustness)
     model_version = register_model(checkpoint=checkpoint, val_metrics=val_metrics, proxy_metrics=proxy_metrics,
                                    registered_model_name=registered_model_name, images=images)
     if promotion is not None:

@@ -33,6 +33,8 @@ class CheckpointMeta(BaseModel):
     epoch: int = 0
     val_metrics: dict[str, float] = Field(default_factory=dict)
     preprocess: dict = Field(default_factory=dict, description="PreprocessConfig used in training")
+    adaptation: dict = Field(default_factory=dict, description="the target set that adapted the weights "
+                             "(name, label-free content hash, size, methods); empty if none")
 
 
 class BackboneMeta(BaseModel):

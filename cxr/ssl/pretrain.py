@@ -164,3 +164,14 @@ def pretrain(images: np.ndarray, backbone: str, cfg: SSLConfig, pairs: np.ndarra
                         positives=cfg.positives, epochs=cfg.epochs, mean=mean, std=std,
                         final_loss=history[-1]["loss"], embedding_std=history[-1]["embedding_std"])
     return BackboneCheckpoint.from_module(method.backbone.cpu(), meta), pd.DataFrame(history)
+
+
+def with_target(images: np.ndarray, target: np.ndarray, pairs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The SSL pool for domain-adaptive pretraining: ``images`` followed by a target site's
+    unlabelled ``target`` images; nearest-neighbour ``pairs`` (indices into ``images``) gain
+    each target image paired with itself, so it is seen as two views of one image."""
+    pool = np.concatenate([images, target])
+    if pairs is None:
+        return pool, None
+    extra = np.arange(len(images), len(pool), dtype=pairs.dtype if len(pairs) else np.int64)
+    return pool, np.concatenate([pairs.reshape(-1, 2), np.stack([extra, extra], 1)])

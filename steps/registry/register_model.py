@@ -23,14 +23,19 @@ def register_model(checkpoint: Checkpoint, val_metrics: dict, registered_model_n
 
     The new version is tagged with its val (and proxy) metrics, backbone, labels and the ZenML
     run id; the file digests of ``images``' train split are logged beside it, so later
-    promotions leave the images it trained on out of their holdout.
+    promotions leave the images it trained on out of their holdout. An adapted checkpoint is
+    tagged with its target set's name, label-free content hash and methods.
     Cached like any step: a re-run with the same checkpoint adds no duplicate version.
     YAML: ``parameters.registered_model_name``.
     """
     meta = checkpoint.meta
     proxy = {f"proxy_{k}": f"{v:.6f}" for k, v in (proxy_metrics or {}).items()}
+    adapted = meta.adaptation
+    adaptation = {"adapted_to": adapted["target"], "adapted_to_hash": adapted["target_hash"],
+                  "adaptation_methods": ",".join(adapted["methods"])} if adapted else {}
     return register_served(checkpoint, val_metrics, registered_model_name,
-                           {"backbone": meta.model.backbone, "image_size": str(meta.image_size)} | proxy, images)
+                           {"backbone": meta.model.backbone, "image_size": str(meta.image_size)} | proxy | adaptation,
+                           images)
 
 
 def register_served(model: ServedModel, val_metrics: dict, name: str, tags: dict[str, str],

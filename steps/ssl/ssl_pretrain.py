@@ -13,7 +13,7 @@ from zenml.logger import get_logger
 from cxr.data.imageset import ImageSet
 from cxr.metrics.plots import ssl_curves
 from cxr.models.checkpoint import BackboneCheckpoint
-from cxr.ssl.pretrain import SSLConfig, pretrain
+from cxr.ssl.pretrain import SSLConfig, pretrain, with_target
 from steps.caching import code_cache_policy
 from steps.tracking import epoch_logger, flatten
 
@@ -21,7 +21,8 @@ logger = get_logger(__name__)
 
 
 @step(experiment_tracker=True, cache_policy=code_cache_policy(__name__))
-def ssl_pretrain(images: ImageSet, backbone: str, cfg: SSLConfig, pairs: Optional[np.ndarray] = None) -> Tuple[
+def ssl_pretrain(images: ImageSet, backbone: str, cfg: SSLConfig, pairs: Optional[np.ndarray] = None,
+                 target: Optional[ImageSet] = None) -> Tuple[
     Annotated[BackboneCheckpoint, ArtifactConfig(name="ssl_backbone", artifact_type=ArtifactType.MODEL)],
     Annotated[pd.DataFrame, "ssl_history"],
     Annotated[Image.Image, "ssl_curves"],
@@ -30,10 +31,15 @@ def ssl_pretrain(images: ImageSet, backbone: str, cfg: SSLConfig, pairs: Optiona
 
     Positives are nearest-neighbour ``pairs`` (from nn_pairs, indices into the train rows)
     or two views of one image. Loss and embedding std go to MLflow each epoch; a collapse
-    is logged as a warning. YAML: ``parameters.ssl``.
+    is logged as a warning. YAML: ``parameters.ssl``. ``target`` (``adapt.ssl``): a target
+    site's images join the pool, unlabelled (domain-adaptive pretraining).
     """
     mlflow.log_params(flatten("ssl", cfg.model_dump()))
-    checkpoint, history = pretrain(images.split("train").images, backbone, cfg, pairs, on_epoch=epoch_logger("ssl_"))
+    pool = images.split("train").images
+    if target is not None:
+        pool, pairs = with_target(pool, target.images, pairs)
+        mlflow.log_params({"ssl.target_images": len(target), "ssl.pool_images": len(pool)})
+    checkpoint, history = pretrain(pool, backbone, cfg, pairs, on_epoch=epoch_logger("ssl_"))
     if history["collapsed"].iloc[-1]:
         logger.warning("SSL representation collapsed (embedding std x sqrt(d) = %.3f)", history["embedding_std"].iloc[-1])
     curves = ssl_curves(history, cfg.collapse_ratio)

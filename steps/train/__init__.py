@@ -1,7 +1,8 @@
 """Training steps."""
 
+from steps.train.adapt_to_target import adapt_to_target
 from steps.train.cft_features import cft_features
 from steps.train.cft_finetune import cft_finetune
 from steps.train.finetune import finetune
 
-__all__ = ["cft_features", "cft_finetune", "finetune"]
+__all__ = ["adapt_to_target", "cft_features", "cft_finetune", "finetune"]

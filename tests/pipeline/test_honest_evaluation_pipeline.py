@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
