@@ -72,6 +72,7 @@ def lever_variants(config: str) -> dict[str, dict]:
         f"{config}-ssl-target": {"ssl": SSL, "ssl_target": True},
         f"{config}-combo": {"overrides": {"train.averaging": "ema", **ROBUST_AUGMENT}, "self_training": SELF_TRAIN,
                             "adabn": True},
+        f"{config}-augment-adabn": {"overrides": ROBUST_AUGMENT, "adabn": True},
         f"{config}-ema-augment-adabn": {"overrides": {"train.averaging": "ema", **ROBUST_AUGMENT}, "adabn": True},
     }
 
@@ -239,14 +240,35 @@ def run_speed(out: Path, name: str, spec: dict) -> dict:
     return line
 
 
+def markdown_table(out: Path) -> str:
+    """The lever variants of ``out/results.jsonl`` as a markdown table (latest line per variant)."""
+    lines = {}
+    for text in (out / "results.jsonl").read_text().splitlines():
+        line = json.loads(text)
+        if "val_auc" in line:
+            lines[line["variant"]] = line
+    rows = ["| variant | val AUC | proxy AUC | mean corruption AUC | worst corruption | train s | wall s |",
+            "|---|---|---|---|---|---|---|"]
+    for name, line in lines.items():
+        proxy = f"{line['proxy_auc']:.4f}" if "proxy_auc" in line else "–"
+        rows.append(f"| {name} | {line['val_auc']:.4f} | {proxy} | "
+                    f"{line['mean_corruption_auc']:.4f} | {line['worst_corruption'].removesuffix('_auc')} | "
+                    f"{line['train_seconds']:.0f} | {line['wall_seconds']:.0f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", default="default-base,default-adabn,default-ema,default-augment")
     parser.add_argument("--list", action="store_true", help="print the variant names and exit")
+    parser.add_argument("--table", action="store_true", help="print DIR/results.jsonl as a markdown table and exit")
     args = parser.parse_args()
     if args.list:
         print("\n".join(VARIANTS))
+        return
+    if args.table:
+        print(markdown_table(args.out))
         return
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]

@@ -14,7 +14,7 @@ from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-GPU_STEPS = ("finetune", "tta_predict_val", "tta_predict_proxy", "tta_predict_test")
+GPU_STEPS = ("finetune", "tta_predict_val", "tta_predict_proxy", "tta_predict_test", "robustness")
 
 
 def compile_config(config: Path):
@@ -104,7 +104,7 @@ def test_default_config_marks_the_same_gpu_steps_and_compiles_locally():
     cli.setup_stack()
     compiled, schedule = compile_config(REPO_ROOT / "zenml_config.yaml")
     assert schedule is None
-    for name in GPU_STEPS:
+    for name in GPU_STEPS + ("adapt_to_target",):
         settings = compiled.step_configurations[name].config.settings
         assert as_dict(settings["resources"])["gpu_count"] == 1
         assert as_dict(settings["docker"])["dockerfile"] == "docker/Dockerfile.cuda"
