@@ -43,10 +43,10 @@ def pseudo_labels(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
     return np.where(mask, probs >= threshold, 0).astype(np.float32), mask
 
 
-def pseudo_labelled(images: np.ndarray, probs: np.ndarray, threshold: float,
+def pseudo_labelled(images: np.ndarray, labels: np.ndarray, mask: np.ndarray,
                     label_names: tuple[str, ...]) -> ImageSet:
-    """The target images with at least one confident label, as train rows of pseudo-patients."""
-    labels, mask = pseudo_labels(probs, threshold)
+    """The target images with at least one confident label (``pseudo_labels``' mask), as train
+    rows of pseudo-patients."""
     keep = np.flatnonzero(mask.any(axis=1))
     ids = [f"target-{i}" for i in keep]
     manifest = make_manifest(ids, ids).assign(split="train")
@@ -79,8 +79,8 @@ def self_train(checkpoint: Checkpoint, train: ImageSet, val: ImageSet, target_im
         meta = checkpoint.meta
         probs = predict_proba(checkpoint.build_model(), target_images, meta.mean, meta.std,
                               train_cfg.batch_size * 2, train_cfg.device, tta_views(cfg.views))
-        pseudo = pseudo_labelled(target_images, probs, cfg.threshold, train.label_names)
         labels, mask = pseudo_labels(probs, cfg.threshold)
+        pseudo = pseudo_labelled(target_images, labels, mask, train.label_names)
         result = fit(joined(train, pseudo), val, meta.model, round_config(train_cfg, cfg), meta.preprocess,
                      progress, init=checkpoint, proxy=proxy)
         checkpoint = result.checkpoint

@@ -95,7 +95,7 @@ def test_pseudo_labels_are_confident_predictions_and_mask_the_rest():
     labels, mask = pseudo_labels(probs, 0.9)
     np.testing.assert_array_equal(mask, [[True, False], [True, True], [False, False]])
     np.testing.assert_array_equal(labels, [[1, 0], [0, 1], [0, 0]])
-    kept = pseudo_labelled(np.zeros((3, 4, 4), np.uint8), probs, 0.9, ("a", "b"))
+    kept = pseudo_labelled(np.zeros((3, 4, 4), np.uint8), labels, mask, ("a", "b"))
     assert len(kept) == 2 and set(kept.manifest["split"]) == {"train"}
     assert kept.ids == ["target-0", "target-1"]
 
