@@ -2,18 +2,22 @@
 
 OpenCV decodes 8- and 16-bit, gray, RGB and RGBA files; everything ends as uint8 (H, W).
 16-bit images (DICOM-derived PNG/TIFF) are min-max windowed to 0-255 per image, since their
-useful range rarely spans the full 16 bits.
+useful range rarely spans the full 16 bits. DICOM files (by name or by their ``DICM`` marker)
+go through ``cxr.data.dicom``, which applies their own rescale, window and polarity.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
 import cv2
 import numpy as np
 
+from cxr.data.dicom import DicomConfig, decode_dicom, is_dicom
 from cxr.errors import DataError
 from cxr.registry import Registry
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 RESIZE_POLICIES = Registry("resize policy")
 ResizePolicy = RESIZE_POLICIES.choice()
 _GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
@@ -49,8 +53,10 @@ def to_gray_batch(images: np.ndarray) -> np.ndarray:
     return gray.round().clip(0, 255).astype(np.uint8)
 
 
-def decode_gray(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 (H, W); raise DataError naming the file if it cannot."""
+def decode_gray(path: str | Path, dicom: DicomConfig = DicomConfig()) -> np.ndarray:
+    """Read an image or DICOM file as uint8 (H, W); raise DataError naming the file if it cannot."""
+    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(path):
+        return decode_dicom(path, dicom)
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise DataError(f"zero-byte image file: {path}")

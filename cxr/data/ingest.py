@@ -57,7 +57,11 @@ class IngestConfig(BaseModel):
     label_names: list[str] = Field(default_factory=list,
                                    description="images: label columns to predict; medmnist: names")
     policy: LabelPolicy = Field(default_factory=LabelPolicy, description="chexpert: uncertain and blank cells")
-    filter: TableFilter = Field(default_factory=TableFilter, description="nih, chexpert: view and patient filters")
+    filter: TableFilter = Field(default_factory=TableFilter, description="nih, chexpert: view and patient filters; "
+                                                                         "folders, images: view_positions of DICOM files")
+    recursive: bool = Field(False, description="folders, images: also read images in sub-folders")
+    id_salt_file: str | None = Field(None, description="file holding the secret that keys DICOM id hashes, "
+                                                       "when $CXR_ID_SALT is not set")
 
     @model_validator(mode="after")
     def _check(self) -> "IngestConfig":
@@ -87,13 +91,16 @@ class ExternalSet(BaseModel):
 @register_source("folders")
 def folders_source(cfg: IngestConfig) -> ImageSet:
     """One sub-folder per class; ``negative_class`` gets no label column."""
-    return read_class_folders(resolve_path(cfg.path), cfg.negative_class, cfg.patient_id_pattern)
+    return read_class_folders(resolve_path(cfg.path), cfg.negative_class, cfg.patient_id_pattern,
+                              recursive=cfg.recursive, view_positions=cfg.filter.view_positions,
+                              salt_file=cfg.id_salt_file)
 
 
 @register_source("images")
 def images_source(cfg: IngestConfig) -> ImageSet:
     """A flat, unlabelled folder (test or inference images)."""
-    return read_image_folder(resolve_path(cfg.path), cfg.label_names)
+    return read_image_folder(resolve_path(cfg.path), cfg.label_names, recursive=cfg.recursive,
+                             view_positions=cfg.filter.view_positions, salt_file=cfg.id_salt_file)
 
 
 @register_source("csv")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from cxr.data.decode import ResizePolicy, decode_gray, resize_square
+from cxr.data.dicom import DicomConfig
 from cxr.data.imageset import ImageSet
 from cxr.errors import DataError, list_problems
 from cxr.features.clahe import apply_clahe
@@ -32,6 +33,7 @@ class PreprocessConfig(BaseModel):
     clahe_tile_grid: int = Field(8, ge=1, le=64)
     num_workers: int = Field(0, ge=0, description="threads; 0 means one per core")
     skip_corrupt: bool = Field(False, description="leave out unreadable files instead of failing")
+    dicom: DicomConfig = Field(default_factory=DicomConfig, description="VOI and multi-frame handling of DICOM files")
 
 
 def prepare_image(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
@@ -45,7 +47,7 @@ def prepare_image(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 def _load(path: str, cfg: PreprocessConfig) -> np.ndarray | str:
     """The prepared image, or the error message if the file cannot be decoded."""
     try:
-        return prepare_image(decode_gray(path), cfg)
+        return prepare_image(decode_gray(path, cfg.dicom), cfg)
     except DataError as err:
         return str(err)
 

@@ -3,6 +3,10 @@
 Four sources: a class-per-folder tree, a flat folder of unlabelled images, a CSV table plus
 an image folder, and a MedMNIST ``.npz``. Every reader checks its files up front (missing,
 empty, duplicate ids) and raises a ``DataError`` that names the file or row at fault.
+
+Folders may hold DICOM files (``.dcm``, or any name with the ``DICM`` marker): their image and
+patient ids are keyed hashes of SOPInstanceUID and PatientID (``cxr.data.dicom``), and a
+``view_positions`` filter reads their ViewPosition tag.
 """
 
 from __future__ import annotations
@@ -14,19 +18,57 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cxr.data.decode import to_gray_batch
+from cxr.data.decode import IMAGE_EXTENSIONS, to_gray_batch
+from cxr.data.dicom import id_salt, is_dicom, read_header
 from cxr.data.imageset import ImageSet, make_manifest
 from cxr.errors import DataError, list_problems
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 _POSITIVE = {"1", "1.0", "true", "yes"}
 _NEGATIVE = {"0", "0.0", "false", "no"}
 
 
-def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
+def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = False) -> list[Path]:
+    """Image and DICOM files inside ``folder`` (and its sub-folders when ``recursive``), sorted.
+
+    A broken symlink raises a DataError naming it; without ``recursive``, so do sub-folders
+    that hold images, which would otherwise be left out without a word.
+    """
     exts = {e.lower() for e in extensions}
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
+    broken = [p for p in entries if p.is_symlink() and not p.exists()]
+    if broken:
+        raise DataError(f"broken symlink(s) in {folder}:" + list_problems([str(p) for p in broken]))
+    if not recursive:
+        nested = [p for p in entries if p.is_dir() and list_images(p, extensions, recursive=True)]
+        if nested:
+            raise DataError(f"{folder} has sub-folders holding images, which are not read: set data.recursive: "
+                            "true to read them:" + list_problems([str(p) for p in nested]))
+    return [p for p in entries if p.is_file() and (p.suffix.lower() in exts or is_dicom(p))]
+
+
+def file_ids(files: Sequence[Path], root: Path, patient_id_pattern: str | None = None,
+             view_positions: Sequence[str] | None = None, salt_file: str | None = None) -> tuple[list[str], list[str], np.ndarray]:
+    """Image ids, patient ids and the kept-row mask of files under ``root``.
+
+    A DICOM file's ids are keyed hashes of its SOPInstanceUID and PatientID; any other file's
+    id is its path below ``root`` without suffix, its patient from ``patient_id_pattern``.
+    ``view_positions`` keeps only DICOM files whose ViewPosition is listed.
+    """
+    dicom = [p.suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(p) for p in files]
+    salt = id_salt(salt_file) if any(dicom) else b""
+    headers = [read_header(p, salt) if d else None for p, d in zip(files, dicom)]
+    names = [p.relative_to(root).with_suffix("").as_posix() for p in files]
+    ids = [h["image_id"] if h else name for h, name in zip(headers, names)]
+    named = patient_ids_from_names(ids, patient_id_pattern)
+    patients = [h["patient_id"] if h else patient for h, patient in zip(headers, named)]
+    keep = np.ones(len(files), bool)
+    if view_positions is not None:
+        if not all(dicom):
+            raise DataError(f"view_positions filter asked for, but {files[dicom.index(False)]} is not a DICOM file "
+                            "(only DICOM files carry a view position)")
+        wanted = {v.upper() for v in view_positions}
+        keep = np.array([h["view"] in wanted for h in headers], bool)
+    return ids, patients, keep
 
 
 def patient_ids_from_names(ids: Sequence[str], pattern: str | None) -> list[str]:
@@ -72,12 +114,14 @@ def check_files(paths: Sequence[str], ids: Sequence[str]) -> None:
 
 def read_class_folders(root: str | Path, negative_class: str | None = None,
                        patient_id_pattern: str | None = None,
-                       extensions: Sequence[str] = IMAGE_EXTENSIONS) -> ImageSet:
+                       extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = False,
+                       view_positions: Sequence[str] | None = None, salt_file: str | None = None) -> ImageSet:
     """One sub-folder per class (e.g. ``NORMAL/``, ``PNEUMONIA/``).
 
     Labels are one indicator column per class, named after the folder in lower case; the
     ``negative_class`` folder (e.g. NORMAL) gets no column, so NORMAL/PNEUMONIA gives one
-    binary label ``pneumonia``. Image ids are file stems.
+    binary label ``pneumonia``. Image ids are paths below the class folder without suffix (the
+    file stem unless ``recursive``), or keyed hashes for DICOM files (``file_ids``).
     """
     root = Path(root)
     if not root.is_dir():
@@ -89,33 +133,41 @@ def read_class_folders(root: str | Path, negative_class: str | None = None,
     if len(classes) < 2 or not positives:
         raise DataError(f"{root} needs at least two class folders, found {classes}")
     files, class_of = [], []
+    ids, patients = [], []
     for name in classes:
-        found = list_images(root / name, extensions)
+        found = list_images(root / name, extensions, recursive)
         if not found:
-            raise DataError(f"class folder {root / name} holds no images ({', '.join(extensions)})")
-        files += found
-        class_of += [name] * len(found)
-    ids = [f.stem for f in files]
+            raise DataError(f"class folder {root / name} holds no images ({', '.join(extensions)} or DICOM)")
+        found_ids, found_patients, keep = file_ids(found, root / name, patient_id_pattern, view_positions, salt_file)
+        if not keep.any():
+            raise DataError(f"class folder {root / name} holds no images of the views {list(view_positions or [])}")
+        files += [f for f, k in zip(found, keep) if k]
+        ids += [i for i, k in zip(found_ids, keep) if k]
+        patients += [p for p, k in zip(found_patients, keep) if k]
+        class_of += [name] * int(keep.sum())
     check_files([str(f) for f in files], ids)
     labels = np.array([[c == p for p in positives] for c in class_of], dtype=np.float32)
-    manifest = make_manifest(ids, files, patient_ids_from_names(ids, patient_id_pattern))
-    return ImageSet(manifest, tuple(p.lower() for p in positives), labels,
+    return ImageSet(make_manifest(ids, files, patients), tuple(p.lower() for p in positives), labels,
                     np.ones_like(labels, dtype=bool))
 
 
 def read_image_folder(root: str | Path, label_names: Sequence[str] = (),
-                      extensions: Sequence[str] = IMAGE_EXTENSIONS) -> ImageSet:
-    """A flat folder of unlabelled images (test/inference); labels all unknown."""
+                      extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = False,
+                      view_positions: Sequence[str] | None = None, salt_file: str | None = None) -> ImageSet:
+    """A folder of unlabelled images or DICOM files (test/inference); labels all unknown."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} is not a directory")
-    files = list_images(root, extensions)
+    files = list_images(root, extensions, recursive)
     if not files:
-        raise DataError(f"image folder {root} holds no images ({', '.join(extensions)})")
-    ids = [f.stem for f in files]
+        raise DataError(f"image folder {root} holds no images ({', '.join(extensions)} or DICOM)")
+    ids, patients, keep = file_ids(files, root, None, view_positions, salt_file)
+    if not keep.any():
+        raise DataError(f"image folder {root} holds no images of the views {list(view_positions or [])}")
+    files, ids, patients = ([x for x, k in zip(column, keep) if k] for column in (files, ids, patients))
     check_files([str(f) for f in files], ids)
     shape = (len(files), len(label_names))
-    return ImageSet(make_manifest(ids, files), tuple(label_names),
+    return ImageSet(make_manifest(ids, files, patients), tuple(label_names),
                     np.zeros(shape, np.float32), np.zeros(shape, bool))
 
 

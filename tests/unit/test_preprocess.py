@@ -11,7 +11,8 @@ from PIL import Image
 
 from cxr.data.decode import decode_gray, resize_square
 from cxr.data.preprocess import PreprocessConfig, prepare_image, preprocess_imageset
-from cxr.data.sources import IMAGE_EXTENSIONS, read_class_folders, read_image_folder
+from cxr.data.decode import IMAGE_EXTENSIONS
+from cxr.data.sources import read_class_folders, read_image_folder
 from cxr.features.clahe import apply_clahe
 from tests.helpers import pil_gray
 
