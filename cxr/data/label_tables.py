@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxr.data.imageset import ImageSet, make_manifest
-from cxr.data.sources import check_files, read_csv_strings
+from cxr.data.sources import check_cells, check_files, read_csv_strings
 from cxr.errors import DataError, list_problems
 from cxr.registry import Registry
 
@@ -151,6 +151,7 @@ def read_nih_table(csv_path: str | Path, image_dir: str | Path | None, filt: Tab
     """
     table = read_table(csv_path)
     require_columns(table, ["Image Index", "Finding Labels", "Patient ID"], str(csv_path))
+    check_cells(table, ["Image Index"], str(csv_path))
     view = table["View Position"] if "View Position" in table.columns else None
     rows = filter_rows(table, filt, table["Patient ID"], view, None)
     table = table.iloc[rows].reset_index(drop=True)
@@ -183,6 +184,7 @@ def read_chexpert_table(csv_path: str | Path, image_root: str | Path | None, pol
     ``AP/PA`` and the 14 observations; the patient is the ``patientNNNNN`` part of the path."""
     table = read_table(csv_path)
     require_columns(table, ["Path", "Frontal/Lateral", "AP/PA", *CHEXPERT_OBSERVATIONS], str(csv_path))
+    check_cells(table, ["Path"], str(csv_path))
     patient = table["Path"].str.extract(CHEXPERT_PATIENT, expand=False)
     if patient.isna().any():
         line = int(np.flatnonzero(patient.isna().to_numpy())[0]) + 2

@@ -97,6 +97,14 @@ def read_csv_strings(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
                         f"encoding, e.g. data.encoding: latin-1") from error
 
 
+def check_cells(table: pd.DataFrame, columns: Sequence[str], source: str) -> None:
+    """Raise one DataError naming the line and column of every blank cell in ``columns``."""
+    problems = [f"{source} line {i + 2}: empty {column!r} cell" for column in columns
+                for i in np.flatnonzero(table[column].astype(str).str.strip().eq("").to_numpy())]
+    if problems:
+        raise DataError("rows without an image:" + list_problems(problems))
+
+
 def check_files(paths: Sequence[str], ids: Sequence[str]) -> None:
     """Raise one DataError listing every missing or zero-byte file and duplicate id."""
     problems = []
@@ -217,6 +225,7 @@ def read_csv_table(csv_path: str | Path, image_dir: str | Path, id_column: str =
         raise DataError(f"{csv_path} has no rows")
     columns = list(label_columns) if label_columns is not None \
         else [c for c in table.columns if c not in meta]
+    check_cells(table, [id_column] + ([path_column] if path_column else []), str(csv_path))
     ids = table[id_column].astype(str).tolist()
     names = table[path_column].tolist() if path_column else [i + image_suffix for i in ids]
     paths = [str(image_dir / n) for n in names]

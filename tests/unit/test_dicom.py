@@ -1,5 +1,6 @@
 """DICOM input: pixel handling against hand-computed values, every transfer syntax against its
-source image, ids as keyed hashes, folder discovery, and clear errors."""
+source image, ids as keyed hashes, folder discovery; and the ingest edge cases of a hospital
+export (nested folders, broken symlinks, empty id cells) as errors that name what is wrong."""
 
 from __future__ import annotations
 
@@ -196,3 +197,14 @@ def test_a_broken_symlink_is_named(tmp_path, xray) -> None:
 def test_is_dicom_and_age_band() -> None:
     assert is_dicom("x.DCM") and not is_dicom("/no/such/file")
     assert [age_band(a) for a in ("045Y", "017Y", "006M", "080Y", "", "45")] == ["40-59", "0-17", "0-17", "80+", "", ""]
+
+
+def test_an_empty_id_or_path_cell_names_its_line(tmp_path, xray) -> None:
+    cv2.imwrite(str(tmp_path / "a.jpeg"), xray)
+    (tmp_path / "labels.csv").write_text("id,pneumonia\na,1\n,0\n")
+    with pytest.raises(DataError, match=r"labels\.csv line 3: empty 'id' cell"):
+        read_source(IngestConfig(source="csv", path=str(tmp_path / "labels.csv"), image_dir=str(tmp_path),
+                                 image_suffix=".jpeg"))
+    (tmp_path / "nih.csv").write_text("Image Index,Finding Labels,Patient ID\na.jpeg,No Finding,1\n ,Mass,2\n")
+    with pytest.raises(DataError, match=r"nih\.csv line 3: empty 'Image Index' cell"):
+        read_source(IngestConfig(source="nih", path=str(tmp_path / "nih.csv"), image_dir=str(tmp_path)))
