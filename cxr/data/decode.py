@@ -53,17 +53,31 @@ def to_gray_batch(images: np.ndarray) -> np.ndarray:
     return gray.round().clip(0, 255).astype(np.uint8)
 
 
-def decode_gray(path: str | Path, dicom: DicomConfig = DicomConfig()) -> np.ndarray:
-    """Read an image or DICOM file as uint8 (H, W); raise DataError naming the file if it cannot."""
+def colourfulness(image: np.ndarray) -> float:
+    """Mean over pixels of the widest spread between colour channels, in 8-bit levels (0 for gray)."""
+    if image.ndim == 2 or image.shape[2] < 3:
+        return 0.0
+    colour = to_uint8(image[:, :, :3]).astype(np.int16)
+    return float((colour.max(axis=2) - colour.min(axis=2)).mean())
+
+
+def decode_source(path: str | Path, dicom: DicomConfig = DicomConfig()) -> tuple[np.ndarray, float]:
+    """An image or DICOM file as uint8 (H, W) plus its colourfulness before gray conversion;
+    DataError naming the file if it cannot be read."""
     if Path(path).suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(path):
-        return decode_dicom(path, dicom)
+        return decode_dicom(path, dicom), 0.0
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:
         raise DataError(f"zero-byte image file: {path}")
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise DataError(f"corrupt or unreadable image file: {path}")
-    return to_gray(to_uint8(image))
+    return to_gray(to_uint8(image)), colourfulness(image)
+
+
+def decode_gray(path: str | Path, dicom: DicomConfig = DicomConfig()) -> np.ndarray:
+    """Read an image or DICOM file as uint8 (H, W); raise DataError naming the file if it cannot."""
+    return decode_source(path, dicom)[0]
 
 
 @RESIZE_POLICIES.register("pad")

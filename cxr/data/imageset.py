@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 MANIFEST_COLUMNS = ("id", "path", "patient_id", "split")
+SOURCE_COLUMNS = ("source_height", "source_width", "source_std", "source_clipped", "source_colour")
 LABEL_PREFIX = "label:"
 MASK_PREFIX = "known:"
 MANIFEST_FILE, IMAGES_FILE, META_FILE = "manifest.parquet", "images.npy", "meta.json"
@@ -30,7 +31,9 @@ class ImageSet:
     """Images with their labels, label mask and provenance.
 
     Args:
-        manifest: one row per image with the columns in ``MANIFEST_COLUMNS``.
+        manifest: one row per image with the columns in ``MANIFEST_COLUMNS``, plus
+            ``SOURCE_COLUMNS`` (the decoded source's size, contrast, clipping, colour) once
+            preprocessed.
         label_names: names of the label columns, in model output order (may be empty).
         labels: float32 (N, L) with 0/1 where known (0 where unknown).
         mask: bool (N, L), True where the label is known.
@@ -83,6 +86,11 @@ class ImageSet:
     def split(self, name: str) -> "ImageSet":
         """The rows whose ``split`` column equals ``name``."""
         return self.subset(np.flatnonzero(self.manifest["split"].to_numpy() == name))
+
+    def with_source_stats(self, stats: np.ndarray) -> "ImageSet":
+        """A copy whose manifest gains ``SOURCE_COLUMNS`` from ``stats`` (N, 5)."""
+        manifest = self.manifest.assign(**{name: stats[:, j] for j, name in enumerate(SOURCE_COLUMNS)})
+        return replace(self, manifest=manifest)
 
     def with_images(self, images: np.ndarray, keep: np.ndarray | None = None,
                     skipped: Sequence[dict] = ()) -> "ImageSet":
@@ -141,7 +149,8 @@ class ImageSet:
             if names else np.zeros((len(frame), 0), np.float32)
         mask = np.stack([frame[MASK_PREFIX + n].to_numpy(bool) for n in names], 1) \
             if names else np.zeros((len(frame), 0), bool)
-        return cls(frame[list(MANIFEST_COLUMNS)].reset_index(drop=True), names,
+        columns = list(MANIFEST_COLUMNS) + [c for c in SOURCE_COLUMNS if c in frame.columns]
+        return cls(frame[columns].reset_index(drop=True), names,
                    labels.reshape(len(frame), len(names)), mask.reshape(len(frame), len(names)),
                    images, tuple(skipped))
 

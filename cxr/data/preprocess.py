@@ -1,7 +1,9 @@
 """Decode once, in parallel: files to one uint8 (N, S, S) array, resized and CLAHE-equalised.
 
 OpenCV releases the GIL while decoding, resizing and equalising, so a thread pool uses
-every core without copying images between processes.
+every core without copying images between processes. What the source looked like before
+resizing (side lengths, contrast, clipping, colour) goes to the manifest's ``SOURCE_COLUMNS``,
+where the inference guardrails read it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from cxr.data.decode import ResizePolicy, decode_gray, resize_square
+from cxr.data.decode import ResizePolicy, decode_source, resize_square
 from cxr.data.dicom import DicomConfig
-from cxr.data.imageset import ImageSet
+from cxr.data.imageset import SOURCE_COLUMNS, ImageSet
 from cxr.errors import DataError, list_problems
 from cxr.features.clahe import apply_clahe
 
@@ -44,10 +46,22 @@ def prepare_image(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return image
 
 
-def _load(path: str, cfg: PreprocessConfig) -> np.ndarray | str:
-    """The prepared image, or the error message if the file cannot be decoded."""
+def source_stats(image: np.ndarray, colour: float = 0.0) -> tuple[float, ...]:
+    """``SOURCE_COLUMNS`` of one decoded uint8 (H, W) image: height, width, std, the share of
+    pixels at 0 or 255, and colourfulness."""
+    clipped = (np.count_nonzero(image == 0) + np.count_nonzero(image == 255)) / max(image.size, 1)
+    return float(image.shape[0]), float(image.shape[1]), float(image.std()), clipped, colour
+
+
+def _prepared(image: np.ndarray, cfg: PreprocessConfig, colour: float = 0.0) -> tuple[np.ndarray, tuple]:
+    return prepare_image(image, cfg), source_stats(image, colour)
+
+
+def _load(path: str, cfg: PreprocessConfig) -> tuple[np.ndarray, tuple] | str:
+    """The prepared image and its source stats, or the error message if the file cannot be decoded."""
     try:
-        return prepare_image(decode_gray(path, cfg.dicom), cfg)
+        image, colour = decode_source(path, cfg.dicom)
+        return _prepared(image, cfg, colour)
     except DataError as err:
         return str(err)
 
@@ -62,12 +76,13 @@ def preprocess_imageset(imageset: ImageSet, cfg: PreprocessConfig,
     n = len(imageset)
     if imageset.images is not None:
         sources = list(imageset.images)
-        work = lambda i: prepare_image(sources[i], cfg)  # noqa: E731
+        work = lambda i: _prepared(sources[i], cfg)  # noqa: E731
     else:
         paths = imageset.manifest["path"].tolist()
         work = lambda i: _load(paths[i], cfg)  # noqa: E731
     workers = cfg.num_workers or os.cpu_count() or 1
     out = np.empty((n, cfg.image_size, cfg.image_size), np.uint8)
+    stats = np.zeros((n, len(SOURCE_COLUMNS)), np.float64)
     failed: list[tuple[int, str]] = []
     previous_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
@@ -78,12 +93,13 @@ def preprocess_imageset(imageset: ImageSet, cfg: PreprocessConfig,
                 if isinstance(result, str):
                     failed.append((i, result))
                 else:
-                    out[i] = result
+                    out[i], stats[i] = result
     finally:
         cv2.setNumThreads(previous_threads)
     if failed and not cfg.skip_corrupt:
         raise DataError(f"{len(failed)} image(s) could not be decoded (set skip_corrupt to leave "
                         "them out):" + list_problems([msg for _, msg in failed]))
+    imageset = imageset.with_source_stats(stats)
     if not failed:
         return imageset.with_images(out)
     keep = np.setdiff1d(np.arange(n), [i for i, _ in failed])

@@ -18,6 +18,7 @@ from cxr.models.classifier import Classifier, ModelConfig
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
+EXTRA_PREFIX = "guardrails."
 
 
 class CheckpointMeta(BaseModel):
@@ -35,6 +36,8 @@ class CheckpointMeta(BaseModel):
     preprocess: dict = Field(default_factory=dict, description="PreprocessConfig used in training")
     adaptation: dict = Field(default_factory=dict, description="the target set that adapted the weights "
                              "(name, label-free content hash, size, methods); empty if none")
+    guardrails: dict = Field(default_factory=dict, description="GuardrailConfig the input guardrails were fitted "
+                             "with; their fitted tensors are the weights named guardrails.*")
 
 
 class BackboneMeta(BaseModel):
@@ -73,16 +76,22 @@ class BackboneCheckpoint:
 
 @dataclass
 class Checkpoint:
-    """Weights (name -> tensor) and metadata of one trained classifier."""
+    """Weights (name -> tensor) and metadata of one trained classifier; tensors named
+    ``guardrails.*`` are the fitted input guardrails, not model weights."""
 
     state_dict: dict[str, torch.Tensor]
     meta: CheckpointMeta
     META = CheckpointMeta
 
+    @property
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The model's own weights and buffers (``state_dict`` without the guardrail tensors)."""
+        return {k: v for k, v in self.state_dict.items() if not k.startswith(EXTRA_PREFIX)}
+
     def build_model(self) -> Classifier:
         """The classifier with these weights, in eval mode, with no hub or file download."""
         model = Classifier(self.meta.model, len(self.meta.label_names), load_weights=False)
-        model.load_state_dict(self.state_dict)
+        model.load_state_dict(self.model_state)
         return model.eval()
 
     @classmethod

@@ -202,7 +202,7 @@ def build_state(train: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
     if backbone_init is not None:
         load_backbone(model, backbone_init)
     if init is not None:
-        model.load_state_dict(init.state_dict)
+        model.load_state_dict(init.model_state)
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     mean, std = (init.meta.mean, init.meta.std) if init is not None else image_stats(train.images, seed=cfg.seed)
