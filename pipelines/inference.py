@@ -22,6 +22,7 @@ def inference_pipeline(
     sample_submission: Optional[str] = None,
     views: list[ViewName] = list(SINGLE_VIEW),
     chunk_size: int = 1024,
+    guardrails: bool = True,
 ) -> None:
     """Predict a folder or table of new images with the registry's ``alias`` (or ``version``).
 
@@ -34,9 +35,11 @@ def inference_pipeline(
         sample_submission: optional CSV whose row order and columns the output follows.
         views: TTA views (``original`` only is single-pass).
         chunk_size: files decoded and predicted at a time; bounds memory.
+        guardrails: add the registered model's input guardrails' ``flag`` and ``flag_reason``
+            columns (and NaN scores for flagged images when its guardrails reject).
     """
     images = ingest(source=data)
     uri = f"models:/{registered_model_name}/{version}" if version is not None \
         else f"models:/{registered_model_name}@{alias}"
     batch_predict(images=images, model_uri=uri, output_path=output_path, sample_submission=sample_submission,
-                  views=views, chunk_size=chunk_size)
+                  views=views, chunk_size=chunk_size, guardrails=guardrails)

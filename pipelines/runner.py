@@ -132,11 +132,13 @@ def load_model(checkpoint_dir: str | None, artifact: str):
 
 def predict(target: str, checkpoint_dir: str | None, artifact: str, tta: bool, gradcam: str | None, top: int,
             csv: str | None):
-    """Per-finding probabilities of one image or every image in a folder; optional Grad-CAM PNGs."""
+    """Per-finding probabilities of one image or every image (or DICOM file) in a folder, with the
+    guardrails' flag and reason; optional Grad-CAM PNGs."""
     import pandas as pd
 
     from cxr.data.sources import list_images
     from cxr.infer.explain import write_overlays
+    from cxr.infer.guardrails import flagged_predictions, guard, guardrail_config
     from cxr.infer.serving import preprocess_files
     from cxr.infer.tta import REFERENCE_VIEWS, SINGLE_VIEW, predict_imageset
 
@@ -148,13 +150,15 @@ def predict(target: str, checkpoint_dir: str | None, artifact: str, tta: bool, g
         raise FileNotFoundError(f"no images (.png, .jpg, ...) in {path}")
     checkpoint = load_model(checkpoint_dir, artifact)
     images = preprocess_files(checkpoint, [str(f) for f in files], [f.name for f in files])
-    probs = predict_imageset(checkpoint, images, REFERENCE_VIEWS if tta else SINGLE_VIEW)
+    labels = list(checkpoint.meta.label_names)
+    probs = flagged_predictions(predict_imageset(checkpoint, images, REFERENCE_VIEWS if tta else SINGLE_VIEW),
+                                guard(checkpoint, images), labels, guardrail_config(checkpoint).reject)
     with pd.option_context("display.max_columns", None, "display.width", 200):
         print(probs.set_index("id").T.round(4).to_string() if len(files) == 1 else probs.round(4).to_string(index=False))
     if csv:
         probs.to_csv(csv, index=False)
     if gradcam:
-        values = probs[list(checkpoint.meta.label_names)].to_numpy()
+        values = probs[labels].to_numpy()
         for i, name in enumerate(images.ids):
             out = write_overlays(checkpoint, images.images[i], values[i], Path(gradcam) / f"{Path(name).stem}_gradcam.png",
                                  top)

@@ -1,10 +1,10 @@
 """Training pipeline: ingest -> split (train/val[/proxy]) -> preprocess -> [leakage audit against
 external and test sets] -> [features -> nn_pairs -> ssl_pretrain (+ target images)] -> finetune ->
 [cft_features -> cft_finetune] -> [adapt_to_target] -> TTA -> evaluate (val, proxy) ->
-[evaluate_external per set] -> generalisation_report -> [robustness] -> register [-> promote on the
-holdout], and, when test data is given, TTA -> submission for it. The bracketed steps run when
-``audit`` (default on), ``ssl``, ``cft``, ``adapt``, ``external``, ``robustness`` and ``promotion``
-are set."""
+[evaluate_external per set] -> generalisation_report -> [robustness] -> [fit_guardrails] -> register
+[-> promote on the holdout], and, when test data is given, TTA -> submission for it. The bracketed
+steps run when ``audit`` (default on), ``ssl``, ``cft``, ``adapt``, ``external``, ``robustness``,
+``guardrails`` (default on) and ``promotion`` are set."""
 
 from typing import Optional
 
@@ -17,6 +17,7 @@ from cxr.data.ingest import ExternalSet, IngestConfig
 from cxr.data.leakage import AuditConfig
 from cxr.data.preprocess import PreprocessConfig
 from cxr.data.split import SplitConfig
+from cxr.infer.guardrails import GuardrailConfig
 from cxr.infer.tta import REFERENCE_VIEWS, ViewName
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from cxr.lifecycle.promotion import PromotionConfig
@@ -30,7 +31,7 @@ from steps.evaluate import evaluate, evaluate_external, generalisation_report, r
 from steps.infer import submission, tta_predict
 from steps.registry import promote_model, register_model
 from steps.ssl import handcrafted_features, nn_pairs, ssl_pretrain, ssl_probe
-from steps.train import adapt_to_target, cft_features, cft_finetune, finetune
+from steps.train import adapt_to_target, cft_features, cft_finetune, finetune, fit_guardrails
 
 
 @pipeline
@@ -53,6 +54,7 @@ def training_pipeline(
     audit: Optional[AuditConfig] = AuditConfig(),
     adapt: Optional[AdaptConfig] = None,
     robustness: Optional[RobustnessConfig] = None,
+    guardrails: Optional[GuardrailConfig] = GuardrailConfig(),
 ) -> None:
     """Train, evaluate and register a chest X-ray classifier; write a submission for test data.
 
@@ -78,6 +80,8 @@ def training_pipeline(
         adapt: adaptation of the model to ``adapt.target`` (test or an external set) from its
             unlabelled images: AdaBN, self-training, domain-adaptive SSL (None: off).
         robustness: corruptions and severities the final model is scored under (None: off).
+        guardrails: input checks fitted into the registered checkpoint, whose served predictions
+            then carry ``flag`` and ``flag_reason`` (None: registered without them).
     """
     names = [entry.name for entry in external]
     check_set_names({"train.select_on": train.select_on, "thresholds.fit_on": thresholds.fit_on}
@@ -137,7 +141,9 @@ def training_pipeline(
                           external_names=names)
     if robustness is not None:
         score_robustness(checkpoint=checkpoint, images=images, cfg=robustness)
-    model_version = register_model(checkpoint=checkpoint, val_metrics=val_metrics, proxy_metrics=proxy_metrics,
+    registered = checkpoint if guardrails is None else fit_guardrails(checkpoint=checkpoint, images=images,
+                                                                      cfg=guardrails)
+    model_version = register_model(checkpoint=registered, val_metrics=val_metrics, proxy_metrics=proxy_metrics,
                                    registered_model_name=registered_model_name, images=images)
     if promotion is not None:
         promote_model(model_version=model_version, images=images, registered_model_name=registered_model_name,

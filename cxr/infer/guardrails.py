@@ -52,7 +52,7 @@ class GuardrailConfig(BaseModel):
     max_inverted: float = Field(0.5, gt=0, lt=1, description="inverted: polarity-model probability above this")
     ood_percentile: float = Field(99.0, gt=50, le=100, description="out_of_distribution: val percentile of the "
                                                                     "Mahalanobis distance that sets the threshold")
-    max_fit_images: int = Field(4000, ge=10, description="training images the fitted checks see, at most")
+    max_fit_images: int = Field(2000, ge=10, description="training images the fitted checks see, at most")
     reject: bool = Field(False, description="give flagged images NaN probabilities instead of scores")
 
 

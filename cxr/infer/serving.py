@@ -1,5 +1,5 @@
 """Predict straight from image files with a checkpoint or an ensemble, preprocessing as each
-model was trained."""
+model was trained, with the input guardrails' ``flag`` and ``flag_reason`` beside the scores."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pandas as pd
 from cxr.data.imageset import ImageSet, make_manifest
 from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
 from cxr.infer.ensemble import EnsembleModel
+from cxr.infer.guardrails import flagged_predictions, guard, guardrail_config
 from cxr.infer.tta import SINGLE_VIEW, predict_imageset
 from cxr.models.checkpoint import Checkpoint
 
@@ -39,24 +40,40 @@ def served_labels(model: ServedModel) -> list[str]:
 
 def predict_files(model: ServedModel, paths: Sequence[str], ids: Sequence[str] | None = None,
                   views: Sequence[str] = SINGLE_VIEW, batch_size: int = 64,
-                  device: str = "auto") -> pd.DataFrame:
-    """Decode, preprocess (the model's training settings) and predict image files."""
+                  device: str = "auto", guardrails: bool = True) -> pd.DataFrame:
+    """Decode, preprocess (the model's training settings) and predict image files; with
+    ``guardrails`` each row also gets ``flag`` and ``flag_reason`` (see ``cxr.infer.guardrails``)."""
     if isinstance(model, EnsembleModel):
-        return predict_ensemble_files(model, paths, ids, views, batch_size, device)
-    return predict_imageset(model, preprocess_files(model, paths, ids), views, batch_size, device)
+        return predict_ensemble_files(model, paths, ids, views, batch_size, device, guardrails)
+    images = preprocess_files(model, paths, ids)
+    predictions = predict_imageset(model, images, views, batch_size, device)
+    if not guardrails:
+        return predictions
+    return flagged_predictions(predictions, guard(model, images, device=device), served_labels(model),
+                               guardrail_config(model).reject)
 
 
 def predict_ensemble_files(model: EnsembleModel, paths: Sequence[str], ids: Sequence[str] | None,
-                           views: Sequence[str], batch_size: int, device: str) -> pd.DataFrame:
+                           views: Sequence[str], batch_size: int, device: str, guardrails: bool = True) -> pd.DataFrame:
     """Each member's predictions combined by the ensemble's weights. The files are decoded once
-    per distinct preprocessing, so members trained alike share one decode."""
+    per distinct preprocessing, so members trained alike share one decode. An image is flagged
+    when any member's guardrails flag it, and rejected when that member rejects."""
     decoded: dict[str, ImageSet] = {}
-    frames = []
+    frames, flags, reject = [], [], False
     for checkpoint in model.members.values():
         key = serving_preprocess(checkpoint).model_dump_json()
         if key not in decoded:
             decoded[key] = preprocess_files(checkpoint, paths, ids)
         frames.append(predict_imageset(checkpoint, decoded[key], views, batch_size, device))
+        if guardrails:
+            flags.append(guard(checkpoint, decoded[key], device=device))
+            reject |= guardrail_config(checkpoint).reject
     labels = model.label_names
     combined = model.combine([f[labels].to_numpy(np.float64) for f in frames])
-    return pd.DataFrame({"id": frames[0]["id"], **dict(zip(labels, combined.T))})
+    predictions = pd.DataFrame({"id": frames[0]["id"], **dict(zip(labels, combined.T))})
+    if not guardrails:
+        return predictions
+    reasons = [";".join(sorted({r for f in row for r in f.split(";") if r})) for row in
+               zip(*(f["flag_reason"] for f in flags))]
+    union = pd.DataFrame({"id": predictions["id"], "flag": [bool(r) for r in reasons], "flag_reason": reasons})
+    return flagged_predictions(predictions, union, labels, reject)

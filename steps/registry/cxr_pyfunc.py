@@ -4,9 +4,10 @@ them, through the core.
 Logged by the register steps as ``python_model=<this file>`` with the ``cxr`` package in
 ``code_paths``, so nothing is pickled. The artifact is either ``checkpoint`` (one model) or
 ``ensemble`` (members' checkpoints plus weights). Input: a DataFrame with a ``path`` column
-(image files) and optionally ``id``; output: ``id`` plus one probability column per label.
-Params (in the logged signature): ``views`` (TTA view names, default original only) and
-``batch_size``.
+(image or DICOM files) and optionally ``id``; output: ``id``, one probability column per label,
+and the input guardrails' ``flag`` and ``flag_reason``. Params (in the logged signature):
+``views`` (TTA view names, default original only), ``batch_size`` and ``guardrails`` (default
+true).
 """
 
 import mlflow
@@ -35,7 +36,8 @@ class CXRClassifier(PythonModel):
         ids = model_input["id"].astype(str).tolist() if "id" in model_input.columns else None
         return predict_files(self.model, model_input["path"].tolist(), ids,
                              views=tuple(params.get("views", SINGLE_VIEW)),
-                             batch_size=int(params.get("batch_size", 64)))
+                             batch_size=int(params.get("batch_size", 64)),
+                             guardrails=bool(params.get("guardrails", True)))
 
 
 mlflow.models.set_model(CXRClassifier())

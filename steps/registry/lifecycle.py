@@ -38,17 +38,19 @@ TRAIN_DIGESTS = "train_digests.txt"
 PYFUNC_FILE = Path(__file__).with_name("cxr_pyfunc.py")
 CORE_DIR = Path(__file__).resolve().parents[2] / "cxr"
 SERVING_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "numpy", "pandas", "pydantic",
-                    "opencv-python-headless", "scikit-learn", "matplotlib", "pillow", "tqdm")
+                    "opencv-python-headless", "scikit-learn", "matplotlib", "pillow", "tqdm", "pydicom", "python-gdcm")
 
 
 def served_signature(label_names: list[str]) -> ModelSignature:
-    """Input ``id`` (optional) and ``path``, output ``id`` plus one probability per label, and
-    the ``views``/``batch_size`` params (without a params schema MLflow drops them)."""
+    """Input ``id`` (optional) and ``path``, output ``id``, one probability per label and the
+    guardrails' ``flag``/``flag_reason``, and the ``views``/``batch_size``/``guardrails`` params
+    (without a params schema MLflow drops them)."""
     return ModelSignature(
         inputs=Schema([ColSpec("string", "id", required=False), ColSpec("string", "path")]),
-        outputs=Schema([ColSpec("string", "id"), *(ColSpec("double", n) for n in label_names)]),
+        outputs=Schema([ColSpec("string", "id"), *(ColSpec("double", n) for n in label_names),
+                        ColSpec("boolean", "flag", required=False), ColSpec("string", "flag_reason", required=False)]),
         params=ParamSchema([ParamSpec("views", "string", list(SINGLE_VIEW), shape=(-1,)),
-                            ParamSpec("batch_size", "long", 64)]))
+                            ParamSpec("batch_size", "long", 64), ParamSpec("guardrails", "boolean", True)]))
 
 
 def log_served_model(model: ServedModel, name: str, tags: dict[str, str] | None = None,

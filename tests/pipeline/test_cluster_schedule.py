@@ -14,7 +14,7 @@ from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-GPU_STEPS = ("finetune", "tta_predict_val", "tta_predict_proxy", "tta_predict_test", "robustness")
+GPU_STEPS = ("finetune", "tta_predict_val", "tta_predict_proxy", "tta_predict_test", "robustness", "fit_guardrails")
 
 
 def compile_config(config: Path):

@@ -29,7 +29,7 @@ def test_chunks_match_one_shot_and_csv_has_every_row_once(tmp_path: Path):
     rows = write_predictions(iter(chunks), tmp_path / "out" / "p.csv")
     written = pd.read_csv(tmp_path / "out" / "p.csv")
     expected = predict_files(checkpoint, paths, ids)
-    assert rows == 11 and list(written["id"]) == ids and list(written.columns) == ["id", "a", "b"]
+    assert rows == 11 and list(written["id"]) == ids and list(written.columns) == ["id", "a", "b", "flag", "flag_reason"]
     np.testing.assert_allclose(written[["a", "b"]].to_numpy(), expected[["a", "b"]].to_numpy(), atol=1e-5)
 
 

@@ -109,3 +109,34 @@ def test_flags_join_predictions_and_reject_blanks_flagged_scores() -> None:
     assert rejected["x"].iloc[0] == 0.2 and np.isnan(rejected["x"].iloc[1])
     with pytest.raises(ValueError, match="same order"):
         flagged_predictions(predictions, flags.iloc[::-1], ["x"])
+
+
+def test_registered_pyfunc_serves_flags_and_rejects_when_its_guardrails_say_so(tmp_path, xrays, registry) -> None:
+    import mlflow
+
+    from steps.registry.lifecycle import log_served_model
+
+    train, val = xrays
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"ok{i}.png"), synthetic_xray(rng, 80))
+    cv2.imwrite(str(tmp_path / "dot.png"), np.full((1, 1), 128, np.uint8))
+    cv2.imwrite(str(tmp_path / "black.png"), np.zeros((64, 64), np.uint8))
+    paths = [str(tmp_path / n) for n in ("ok0.png", "ok1.png", "ok2.png", "dot.png", "black.png")]
+    checks = ["too_small", "constant", "clipped", "colour"]
+    versions = {}
+    with mlflow.start_run():
+        for reject in (False, True):
+            guarded = fit_guardrails(random_checkpoint(), train, val, GuardrailConfig(checks=checks, reject=reject),
+                                     device="cpu")
+            versions[reject] = log_served_model(guarded, "cxr-guardrail-test")
+    served = {r: mlflow.pyfunc.load_model(f"models:/cxr-guardrail-test/{v}") for r, v in versions.items()}
+    got = served[False].predict(pd.DataFrame({"path": paths}))
+    assert got["flag"].tolist() == [False, False, False, True, True]
+    assert got["flag_reason"].tolist()[3:] == ["too_small;constant", "constant;clipped"]
+    assert got[["a", "b"]].notna().all().all()
+    rejected = served[True].predict(pd.DataFrame({"path": paths}))
+    assert rejected[["a", "b"]].isna().all(axis=1).tolist() == [False, False, False, True, True]
+    plain = served[False].predict(pd.DataFrame({"path": paths}), params={"guardrails": False})
+    assert "flag" not in plain.columns
+    np.testing.assert_allclose(plain[["a", "b"]].to_numpy(), got[["a", "b"]].to_numpy())
