@@ -22,13 +22,13 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from cxr.data.imageset import HEADER_COLUMNS
 from cxr.errors import DataError
 from cxr.registry import Registry
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 SALT_ENV = "CXR_ID_SALT"
-WHITELISTED_TAGS = {"ViewPosition": "view", "Modality": "modality", "PatientSex": "sex",
-                    "PatientAge": "age_band", "Manufacturer": "manufacturer"}
+WHITELISTED_TAGS = dict(zip(("ViewPosition", "Modality", "PatientSex", "PatientAge", "Manufacturer"), HEADER_COLUMNS))
 AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 1000, "80+"))
 _AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
 VOI_MODES = Registry("DICOM VOI mode")

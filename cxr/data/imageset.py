@@ -20,6 +20,7 @@ import pandas as pd
 
 MANIFEST_COLUMNS = ("id", "path", "patient_id", "split")
 SOURCE_COLUMNS = ("source_height", "source_width", "source_std", "source_clipped", "source_colour")
+HEADER_COLUMNS = ("view", "modality", "sex", "age_band", "manufacturer")
 LABEL_PREFIX = "label:"
 MASK_PREFIX = "known:"
 MANIFEST_FILE, IMAGES_FILE, META_FILE = "manifest.parquet", "images.npy", "meta.json"
@@ -33,7 +34,7 @@ class ImageSet:
     Args:
         manifest: one row per image with the columns in ``MANIFEST_COLUMNS``, plus
             ``SOURCE_COLUMNS`` (the decoded source's size, contrast, clipping, colour) once
-            preprocessed.
+            preprocessed, and ``HEADER_COLUMNS`` (whitelisted DICOM tags) for DICOM sources.
         label_names: names of the label columns, in model output order (may be empty).
         labels: float32 (N, L) with 0/1 where known (0 where unknown).
         mask: bool (N, L), True where the label is known.
@@ -149,7 +150,7 @@ class ImageSet:
             if names else np.zeros((len(frame), 0), np.float32)
         mask = np.stack([frame[MASK_PREFIX + n].to_numpy(bool) for n in names], 1) \
             if names else np.zeros((len(frame), 0), bool)
-        columns = list(MANIFEST_COLUMNS) + [c for c in SOURCE_COLUMNS if c in frame.columns]
+        columns = list(MANIFEST_COLUMNS) + [c for c in SOURCE_COLUMNS + HEADER_COLUMNS if c in frame.columns]
         return cls(frame[columns].reset_index(drop=True), names,
                    labels.reshape(len(frame), len(names)), mask.reshape(len(frame), len(names)),
                    images, tuple(skipped))

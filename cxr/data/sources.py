@@ -20,7 +20,7 @@ import pandas as pd
 
 from cxr.data.decode import IMAGE_EXTENSIONS, to_gray_batch
 from cxr.data.dicom import id_salt, is_dicom, read_header
-from cxr.data.imageset import ImageSet, make_manifest
+from cxr.data.imageset import HEADER_COLUMNS, ImageSet, make_manifest
 from cxr.errors import DataError, list_problems
 
 _POSITIVE = {"1", "1.0", "true", "yes"}
@@ -47,11 +47,13 @@ def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS, recu
 
 
 def file_ids(files: Sequence[Path], root: Path, patient_id_pattern: str | None = None,
-             view_positions: Sequence[str] | None = None, salt_file: str | None = None) -> tuple[list[str], list[str], np.ndarray]:
-    """Image ids, patient ids and the kept-row mask of files under ``root``.
+             view_positions: Sequence[str] | None = None, salt_file: str | None = None,
+             ) -> tuple[list[str], list[str], np.ndarray, pd.DataFrame]:
+    """Image ids, patient ids, the kept-row mask and the ``HEADER_COLUMNS`` of files under ``root``.
 
-    A DICOM file's ids are keyed hashes of its SOPInstanceUID and PatientID; any other file's
-    id is its path below ``root`` without suffix, its patient from ``patient_id_pattern``.
+    A DICOM file's ids are keyed hashes of its SOPInstanceUID and PatientID and its header
+    columns its whitelisted tags; any other file's id is its path below ``root`` without
+    suffix, its patient from ``patient_id_pattern``, its header columns blank.
     ``view_positions`` keeps only DICOM files whose ViewPosition is listed.
     """
     dicom = [p.suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(p) for p in files]
@@ -68,7 +70,8 @@ def file_ids(files: Sequence[Path], root: Path, patient_id_pattern: str | None =
                             "(only DICOM files carry a view position)")
         wanted = {v.upper() for v in view_positions}
         keep = np.array([h["view"] in wanted for h in headers], bool)
-    return ids, patients, keep
+    tags = pd.DataFrame([{c: (h or {}).get(c, "") for c in HEADER_COLUMNS} for h in headers], columns=list(HEADER_COLUMNS))
+    return ids, patients, keep, tags
 
 
 def patient_ids_from_names(ids: Sequence[str], pattern: str | None) -> list[str]:
@@ -141,22 +144,24 @@ def read_class_folders(root: str | Path, negative_class: str | None = None,
     if len(classes) < 2 or not positives:
         raise DataError(f"{root} needs at least two class folders, found {classes}")
     files, class_of = [], []
-    ids, patients = [], []
+    ids, patients, tags = [], [], []
     for name in classes:
         found = list_images(root / name, extensions, recursive)
         if not found:
             raise DataError(f"class folder {root / name} holds no images ({', '.join(extensions)} or DICOM)")
-        found_ids, found_patients, keep = file_ids(found, root / name, patient_id_pattern, view_positions, salt_file)
+        found_ids, found_patients, keep, found_tags = file_ids(found, root / name, patient_id_pattern,
+                                                               view_positions, salt_file)
         if not keep.any():
             raise DataError(f"class folder {root / name} holds no images of the views {list(view_positions or [])}")
         files += [f for f, k in zip(found, keep) if k]
         ids += [i for i, k in zip(found_ids, keep) if k]
         patients += [p for p, k in zip(found_patients, keep) if k]
+        tags.append(found_tags[keep])
         class_of += [name] * int(keep.sum())
     check_files([str(f) for f in files], ids)
     labels = np.array([[c == p for p in positives] for c in class_of], dtype=np.float32)
-    return ImageSet(make_manifest(ids, files, patients), tuple(p.lower() for p in positives), labels,
-                    np.ones_like(labels, dtype=bool))
+    return ImageSet(with_header_columns(make_manifest(ids, files, patients), pd.concat(tags)),
+                    tuple(p.lower() for p in positives), labels, np.ones_like(labels, dtype=bool))
 
 
 def read_image_folder(root: str | Path, label_names: Sequence[str] = (),
@@ -169,14 +174,21 @@ def read_image_folder(root: str | Path, label_names: Sequence[str] = (),
     files = list_images(root, extensions, recursive)
     if not files:
         raise DataError(f"image folder {root} holds no images ({', '.join(extensions)} or DICOM)")
-    ids, patients, keep = file_ids(files, root, None, view_positions, salt_file)
+    ids, patients, keep, tags = file_ids(files, root, None, view_positions, salt_file)
     if not keep.any():
         raise DataError(f"image folder {root} holds no images of the views {list(view_positions or [])}")
     files, ids, patients = ([x for x, k in zip(column, keep) if k] for column in (files, ids, patients))
     check_files([str(f) for f in files], ids)
     shape = (len(files), len(label_names))
-    return ImageSet(make_manifest(ids, files, patients), tuple(label_names),
+    return ImageSet(with_header_columns(make_manifest(ids, files, patients), tags[keep]), tuple(label_names),
                     np.zeros(shape, np.float32), np.zeros(shape, bool))
+
+
+def with_header_columns(manifest: pd.DataFrame, tags: pd.DataFrame) -> pd.DataFrame:
+    """``manifest`` plus the whitelisted DICOM tag columns, when any row has a value."""
+    if not tags.astype(bool).to_numpy().any():
+        return manifest
+    return pd.concat([manifest, tags.reset_index(drop=True)], axis=1)
 
 
 def parse_binary_labels(table: pd.DataFrame, columns: Sequence[str],

@@ -145,6 +145,8 @@ def test_folders_find_dicoms_by_name_or_preamble_and_hash_their_ids(tmp_path, xr
     uids = [pydicom.dcmread(p).SOPInstanceUID for p in data.manifest["path"]]
     assert data.ids == [salted_id(u, b"test-site-secret") for u in uids]
     assert data.manifest["patient_id"].nunique() == 2  # three files share PHI's PatientID
+    assert data.manifest[["view", "modality", "sex", "age_band", "manufacturer"]].drop_duplicates().values.tolist() == \
+        [["PA", "DX", "F", "40-59", "Acme"]]
     text = data.label_frame().drop(columns="path").to_csv()
     assert not any(value in text for value in PHI.values()) and not any(u in text for u in uids)
     images = preprocess_imageset(data, PreprocessConfig(image_size=224, clahe=False), progress=False).images
