@@ -86,9 +86,11 @@ def served_model(model_uri: str) -> ServedModel:
 
 
 def registry_predictions(name: str, version: str, images: ImageSet) -> pd.DataFrame:
-    """Single-view predictions of a registered version on ``images``' files, as it is served."""
+    """Single-view predictions of a registered version on ``images``' files, as it is served,
+    without the guardrail columns (every holdout image is scored, flagged or not)."""
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    return model.predict(pd.DataFrame({"id": images.ids, "path": images.manifest["path"].tolist()}))
+    return model.predict(pd.DataFrame({"id": images.ids, "path": images.manifest["path"].tolist()}),
+                         params={"guardrails": False})
 
 
 def trained_digests(version: ModelVersion) -> set[str] | None:
