@@ -164,7 +164,8 @@ def test_inference_pipeline_streams_new_images_through_the_champion(nih_runs, tm
     run = run_and_fetch("infer", config, "nih-infer")
     assert str(run.status.value) == "completed"
     written = pd.read_csv(tmp_path / "pred.csv")
-    assert len(written) == 64 and list(written.columns) == ["id", *FINDINGS]
+    assert len(written) == 64 and list(written.columns) == ["id", *FINDINGS, "flag", "flag_reason"]
+    assert written["flag"].all() and written["flag_reason"].str.contains("too_small").all()  # 32 px sources
     use_stack_tracking()
     champion = served_model("models:/cxr-nih-test@champion")
     paths = sorted(str(p) for p in (nih_data / "images").iterdir())[:5]

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow
 
 N_PER_CLASS, N_TEST, SIZE = 24, 10, 32
 FEATURE_STEPS = {"split_dataset", "preprocess_images", "preprocess_test", "audit_leakage"}
-TRAINING_STEPS = {"finetune", "tta_predict_val", "evaluate", "generalisation_report", "register_model", "tta_predict_test"}
+TRAINING_STEPS = {"finetune", "tta_predict_val", "evaluate", "generalisation_report", "fit_guardrails", "register_model",
+                  "tta_predict_test"}
 
 
 @pytest.fixture(scope="module")
