@@ -1,5 +1,8 @@
 """Shared fixtures: an isolated ZenML/MLflow home, real-data location, generated X-rays.
 
+Under pytest-xdist every worker is its own process with its own home, so workers never share
+a ZenML or MLflow store.
+
 The ZenML and MLflow variables are set here, before anything imports zenml or mlflow, so
 tests never touch a developer's store, ``.zen/config.yaml`` or the checkout: MLflow's
 defaults (``sqlite:///mlflow.db`` and artifacts under ``./mlruns``) are relative to the
@@ -25,6 +28,9 @@ _MLFLOW_DEFAULTS = {"MLFLOW_TRACKING_URI": f"sqlite:///{_HOME / 'mlflow.db'}",
                     "_MLFLOW_SERVER_ARTIFACT_ROOT": str(_HOME / "mlflow-artifacts")}  # default artifact root of a new store
 os.environ.update(_MLFLOW_DEFAULTS)
 (_HOME / "repo").mkdir(parents=True, exist_ok=True)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:  # each xdist worker gets its share of the cores, so torch threads do not oversubscribe them
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 import pytest  # noqa: E402
 
