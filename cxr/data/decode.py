@@ -61,10 +61,15 @@ def colourfulness(image: np.ndarray) -> float:
     return float((colour.max(axis=2) - colour.min(axis=2)).mean())
 
 
+def is_dicom_file(path: str | Path) -> bool:
+    """DICOM by name or marker, never opening a file with a raster image suffix."""
+    return Path(path).suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(path)
+
+
 def decode_source(path: str | Path, dicom: DicomConfig = DicomConfig()) -> tuple[np.ndarray, float]:
     """An image or DICOM file as uint8 (H, W) plus its colourfulness before gray conversion;
     DataError naming the file if it cannot be read."""
-    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(path):
+    if is_dicom_file(path):
         return decode_dicom(path, dicom), 0.0
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size == 0:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import warnings
 import re
+import warnings
 from pathlib import Path
+
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field

@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cxr.data.decode import IMAGE_EXTENSIONS, to_gray_batch
-from cxr.data.dicom import id_salt, is_dicom, read_header
+from cxr.data.decode import IMAGE_EXTENSIONS, is_dicom_file, to_gray_batch
+from cxr.data.dicom import id_salt, read_header
 from cxr.data.imageset import HEADER_COLUMNS, ImageSet, make_manifest
 from cxr.errors import DataError, list_problems
 
@@ -43,7 +43,7 @@ def list_images(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS, recu
         if nested:
             raise DataError(f"{folder} has sub-folders holding images, which are not read: set data.recursive: "
                             "true to read them:" + list_problems([str(p) for p in nested]))
-    return [p for p in entries if p.is_file() and (p.suffix.lower() in exts or is_dicom(p))]
+    return [p for p in entries if p.is_file() and (p.suffix.lower() in exts or is_dicom_file(p))]
 
 
 def file_ids(files: Sequence[Path], root: Path, patient_id_pattern: str | None = None,
@@ -56,7 +56,7 @@ def file_ids(files: Sequence[Path], root: Path, patient_id_pattern: str | None =
     suffix, its patient from ``patient_id_pattern``, its header columns blank.
     ``view_positions`` keeps only DICOM files whose ViewPosition is listed.
     """
-    dicom = [p.suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(p) for p in files]
+    dicom = [is_dicom_file(p) for p in files]
     salt = id_salt(salt_file) if any(dicom) else b""
     headers = [read_header(p, salt) if d else None for p, d in zip(files, dicom)]
     names = [p.relative_to(root).with_suffix("").as_posix() for p in files]

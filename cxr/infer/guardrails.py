@@ -125,8 +125,8 @@ def fit_guardrails(checkpoint: Checkpoint, train: np.ndarray, val: np.ndarray,
     tensors = {"ood_location": gaussian.location_, "ood_precision": gaussian.precision_,
                "ood_threshold": np.array([np.percentile(val_distance, cfg.ood_percentile)]),
                "polarity_weight": polarity.coef_[0], "polarity_bias": polarity.intercept_}
-    state = {k: v for k, v in checkpoint.state_dict.items() if not k.startswith(EXTRA_PREFIX)}
-    state |= {EXTRA_PREFIX + k: torch.as_tensor(np.asarray(v, np.float32)).contiguous() for k, v in tensors.items()}
+    state = checkpoint.model_state | {EXTRA_PREFIX + k: torch.as_tensor(np.asarray(v, np.float32)).contiguous()
+                                      for k, v in tensors.items()}
     return replace(checkpoint, state_dict=state, meta=checkpoint.meta.model_copy(update={"guardrails": cfg.model_dump()}))
 
 
