@@ -23,14 +23,13 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxr.data.imageset import HEADER_COLUMNS
+from cxr.data.imageset import HEADER_COLUMNS, years_band
 from cxr.errors import DataError
 from cxr.registry import Registry
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 SALT_ENV = "CXR_ID_SALT"
 WHITELISTED_TAGS = dict(zip(("ViewPosition", "Modality", "PatientSex", "PatientAge", "Manufacturer"), HEADER_COLUMNS))
-AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 1000, "80+"))
 _AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
 VOI_MODES = Registry("DICOM VOI mode")
 VoiMode = VOI_MODES.choice()
@@ -177,8 +176,7 @@ def age_band(age: str) -> str:
     match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY])\s*", str(age or "").upper())
     if not match:
         return ""
-    years = int(match.group(1)) * _AGE_UNITS[match.group(2)]
-    return next(name for low, high, name in AGE_BANDS if low <= years < high)
+    return years_band(int(match.group(1)) * _AGE_UNITS[match.group(2)])
 
 
 def id_salt(salt_file: str | None = None) -> bytes:

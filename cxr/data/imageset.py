@@ -21,6 +21,7 @@ import pandas as pd
 MANIFEST_COLUMNS = ("id", "path", "patient_id", "split")
 SOURCE_COLUMNS = ("source_height", "source_width", "source_std", "source_clipped", "source_colour")
 HEADER_COLUMNS = ("view", "modality", "sex", "age_band", "manufacturer")
+AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 120, "80+"))
 LABEL_PREFIX = "label:"
 MASK_PREFIX = "known:"
 MANIFEST_FILE, IMAGES_FILE, META_FILE = "manifest.parquet", "images.npy", "meta.json"
@@ -154,6 +155,12 @@ class ImageSet:
         return cls(frame[columns].reset_index(drop=True), names,
                    labels.reshape(len(frame), len(names)), mask.reshape(len(frame), len(names)),
                    images, tuple(skipped))
+
+
+def years_band(years: float) -> str:
+    """The ``age_band`` of an age in years ('' when unknown, negative or past 120): bands, not ages, so
+    that subgroup reports never hold an identifying age."""
+    return next((name for low, high, name in AGE_BANDS if low <= years < high), "")
 
 
 def pixel_digest(image: np.ndarray) -> str:

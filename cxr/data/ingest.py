@@ -62,6 +62,8 @@ class IngestConfig(BaseModel):
     recursive: bool = Field(False, description="folders, images: also read images in sub-folders")
     id_salt_file: str | None = Field(None, description="file holding the secret that keys DICOM id hashes, "
                                                        "when $CXR_ID_SALT is not set")
+    metadata: str | None = Field(None, description="nih: the full Data_Entry table, joined on Image Index for "
+                                 "the sex, age band and view of subgroup reports when data.path lacks them")
 
     @model_validator(mode="after")
     def _check(self) -> "IngestConfig":
@@ -69,6 +71,8 @@ class IngestConfig(BaseModel):
             raise ValueError("data.image_dir is required when data.source is 'csv'")
         if self.source in ("nih", "chexpert") and not self.image_dir:
             raise ValueError(f"data.image_dir is required when data.source is {self.source!r}")
+        if self.metadata and self.source != "nih":
+            raise ValueError(f"data.metadata joins an NIH Data_Entry table; data.source is {self.source!r}")
         return self
 
 
@@ -113,7 +117,8 @@ def csv_source(cfg: IngestConfig) -> ImageSet:
 @register_source("nih")
 def nih_source(cfg: IngestConfig) -> ImageSet:
     """A ChestX-ray14 ``Data_Entry`` table plus its image folder."""
-    return read_nih_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), cfg.filter)
+    return read_nih_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), cfg.filter,
+                          resolve_path(cfg.metadata) if cfg.metadata else None)
 
 
 @register_source("chexpert")

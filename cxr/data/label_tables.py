@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxr.data.imageset import ImageSet, make_manifest
-from cxr.data.sources import check_cells, check_files, read_csv_strings
+from cxr.data.imageset import ImageSet, make_manifest, years_band
+from cxr.data.sources import check_cells, check_files, read_csv_strings, with_header_columns
 from cxr.errors import DataError, list_problems
 from cxr.registry import Registry
 
@@ -28,6 +28,9 @@ CHEXPERT_OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomega
                          "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
                          "Pleural Other", "Fracture", "Support Devices")
 CHEXPERT_PATIENT = re.compile(r"(patient\d+)")
+NIH_DEMOGRAPHICS = {"sex": "Patient Gender", "age_band": "Patient Age", "view": "View Position"}
+CHEXPERT_DEMOGRAPHICS = {"sex": "Sex", "age_band": "Age", "view": "AP/PA"}
+SEX_CODES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
 UNCERTAIN_POLICIES = Registry("uncertain-label policy")
 BLANK_POLICIES = Registry("blank-label policy")
 
@@ -142,22 +145,51 @@ def nih_labels(findings: pd.Series, source: str) -> np.ndarray:
     return (hits.to_numpy() > 0).astype(np.float32)
 
 
+def demographics(table: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """``sex`` (M/F), ``age_band`` and ``view`` from the table's columns named by ``columns``,
+    for subgroup reports; a column the table lacks, or a value not understood, is ''."""
+    def column(name: str) -> pd.Series:
+        return table[columns[name]].str.strip() if columns[name] in table.columns else pd.Series([""] * len(table))
+
+    years = pd.to_numeric(column("age_band").str.rstrip("Yy"), errors="coerce")
+    return pd.DataFrame({"sex": column("sex").str.upper().map(SEX_CODES).fillna(""),
+                         "age_band": [years_band(y) for y in years.fillna(-1)],
+                         "view": column("view").str.upper()})
+
+
+def joined_metadata(table: pd.DataFrame, metadata_path: str | Path, source: str) -> pd.DataFrame:
+    """``table`` with the NIH demographic columns of the ``Data_Entry`` table at ``metadata_path``
+    joined on ``Image Index`` (the table's own are replaced); images missing there stay blank."""
+    metadata = read_table(metadata_path)
+    require_columns(metadata, ["Image Index", *NIH_DEMOGRAPHICS.values()], str(metadata_path))
+    metadata = metadata.drop_duplicates("Image Index").set_index("Image Index")[list(NIH_DEMOGRAPHICS.values())]
+    joined = table.drop(columns=[c for c in NIH_DEMOGRAPHICS.values() if c in table.columns])
+    joined = joined.join(metadata, on="Image Index")
+    if joined[list(NIH_DEMOGRAPHICS.values())].isna().all(axis=None):
+        raise DataError(f"{metadata_path} holds none of the images of {source} (joined on Image Index)")
+    return joined.fillna({c: "" for c in NIH_DEMOGRAPHICS.values()})
+
+
 def read_nih_table(csv_path: str | Path, image_dir: str | Path | None, filt: TableFilter = TableFilter(),
-                   ) -> ImageSet:
+                   metadata: str | Path | None = None) -> ImageSet:
     """NIH ``Data_Entry``: ``Image Index``, ``Finding Labels`` (``|``-joined), ``Patient ID``.
 
     Every label is known; ``No Finding`` is all zeros. With ``image_dir`` None the image
-    files are not checked (label-table work without the 45 GB of images).
+    files are not checked (label-table work without the 45 GB of images). Sex, age band and
+    view come from the table's own columns, or from the full ``Data_Entry`` table at
+    ``metadata`` (for subsets such as nih1000 that lack them).
     """
     table = read_table(csv_path)
     require_columns(table, ["Image Index", "Finding Labels", "Patient ID"], str(csv_path))
     check_cells(table, ["Image Index"], str(csv_path))
+    if metadata is not None:
+        table = joined_metadata(table, metadata, str(csv_path))
     view = table["View Position"] if "View Position" in table.columns else None
     rows = filter_rows(table, filt, table["Patient ID"], view, None)
     table = table.iloc[rows].reset_index(drop=True)
     labels = nih_labels(table["Finding Labels"].str.strip(), str(csv_path))
     return _imageset(table["Image Index"].tolist(), table["Image Index"].tolist(), table["Patient ID"].tolist(),
-                     image_dir, NIH_FINDINGS, labels, np.ones_like(labels, bool))
+                     image_dir, NIH_FINDINGS, labels, np.ones_like(labels, bool), demographics(table, NIH_DEMOGRAPHICS))
 
 
 def chexpert_labels(table: pd.DataFrame, policy: LabelPolicy, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -193,12 +225,14 @@ def read_chexpert_table(csv_path: str | Path, image_root: str | Path | None, pol
     table, patient = table.iloc[rows].reset_index(drop=True), patient.iloc[rows].tolist()
     labels, mask = chexpert_labels(table, policy, str(csv_path))
     return _imageset(table["Path"].tolist(), table["Path"].tolist(), patient, image_root, CHEXPERT_OBSERVATIONS,
-                     labels, mask)
+                     labels, mask, demographics(table, CHEXPERT_DEMOGRAPHICS))
 
 
 def _imageset(ids: list[str], names: list[str], patients: list[str], image_dir: str | Path | None,
-              label_names: Sequence[str], labels: np.ndarray, mask: np.ndarray) -> ImageSet:
-    """An ImageSet over ``image_dir / name``; files are checked only when ``image_dir`` is set."""
+              label_names: Sequence[str], labels: np.ndarray, mask: np.ndarray, header: pd.DataFrame) -> ImageSet:
+    """An ImageSet over ``image_dir / name`` with the ``header`` columns (sex, age band, view)
+    that have a value; files are checked only when ``image_dir`` is set."""
     paths = [str(Path(image_dir) / n) for n in names] if image_dir is not None else names
     check_files(paths if image_dir is not None else [], ids)
-    return ImageSet(make_manifest(ids, paths, patients), tuple(label_names), labels, mask)
+    manifest = with_header_columns(make_manifest(ids, paths, patients), header.loc[:, header.astype(bool).any()])
+    return ImageSet(manifest, tuple(label_names), labels, mask)

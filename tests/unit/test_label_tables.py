@@ -63,9 +63,46 @@ class TestNIH:
                                           image_dir="{data_dir}/nih1000-64/images"))
         assert len(images) == 800 and images.label_names == NIH_FINDINGS
         assert all(Path(p).is_file() for p in images.manifest["path"])
+        assert "sex" not in images.manifest.columns
+
+    def test_metadata_joins_sex_age_band_and_view(self, real_data_dir: Path, nih_table: pd.DataFrame):
+        images = read_source(IngestConfig(source="nih", path="{data_dir}/nih1000-64/labels.csv",
+                                          image_dir="{data_dir}/nih1000-64/images", metadata="{data_dir}/" + NIH))
+        entry = nih_table.set_index("Image Index").loc[images.ids]
+        assert images.manifest["sex"].tolist() == entry["Patient Gender"].tolist()
+        assert images.manifest["view"].tolist() == entry["View Position"].tolist()
+        bands = pd.cut(entry["Patient Age"], [0, 18, 40, 60, 80, 120], right=False,
+                       labels=["0-17", "18-39", "40-59", "60-79", "80+"]).astype(str).replace("nan", "")
+        assert images.manifest["age_band"].tolist() == bands.tolist()
+
+    def test_own_demographic_columns_and_odd_values(self, tmp_path: Path):
+        table = tmp_path / "entry.csv"
+        table.write_text("Image Index,Finding Labels,Patient ID,Patient Age,Patient Gender,View Position\n"
+                         "a.png,Effusion,1,45,M,PA\nb.png,No Finding,2,412,F,AP\nc.png,Mass,3,,X,\n")
+        manifest = read_nih_table(table, None).manifest
+        assert manifest["sex"].tolist() == ["M", "F", ""] and manifest["age_band"].tolist() == ["40-59", "", ""]
+        assert manifest["view"].tolist() == ["PA", "AP", ""]
+
+    def test_metadata_errors_name_the_table(self, tmp_path: Path):
+        table, other = tmp_path / "entry.csv", tmp_path / "other.csv"
+        table.write_text("Image Index,Finding Labels,Patient ID\na.png,Effusion,1\n")
+        other.write_text("Image Index,Patient Age,Patient Gender,View Position\nz.png,40,M,PA\n")
+        with pytest.raises(DataError, match="other.csv holds none of the images of .*entry.csv"):
+            read_nih_table(table, None, metadata=other)
+        other.write_text("Image Index,Patient Age\na.png,40\n")
+        with pytest.raises(DataError, match=r"other.csv lacks columns \['Patient Gender', 'View Position'\]"):
+            read_nih_table(table, None, metadata=other)
+        with pytest.raises(ValueError, match="data.metadata joins an NIH Data_Entry table"):
+            IngestConfig(source="folders", path="x", metadata=str(other))
 
 
 class TestCheXpert:
+    def test_demographics_from_sex_age_and_ap_pa(self, real_data_dir: Path, chexpert_table: pd.DataFrame):
+        manifest = read_chexpert_table(real_data_dir / CHEXPERT, None).manifest
+        assert (manifest["sex"] == "M").sum() == (chexpert_table["Sex"] == "Male").sum()
+        assert (manifest["view"] == "PA").sum() == (chexpert_table["AP/PA"] == "PA").sum()
+        assert (manifest["age_band"] == "80+").sum() == chexpert_table["Age"].between(80, 119).sum()
+
     @pytest.mark.parametrize("uncertain", ["zeros", "ones", "ignore"])
     @pytest.mark.parametrize("blank", ["negative", "unknown"])
     def test_policies_match_the_table(self, real_data_dir: Path, chexpert_table: pd.DataFrame, uncertain: str,

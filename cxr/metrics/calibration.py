@@ -1,0 +1,178 @@
+"""Whether a score of 0.8 means 80%: per-label calibrators fitted on a labelled split
+(temperature scaling, Platt, isotonic) and the errors that measure it (ECE over equal-width and
+equal-mass bins, MCE, Brier score).
+
+A calibration is plain JSON (``{"method", "fit_on", "labels": {label: params}}``) so that it
+travels in a checkpoint's metadata and is applied wherever the checkpoint predicts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.optimize import minimize_scalar
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss
+from torchmetrics.functional.classification import binary_calibration_error
+
+from cxr.registry import Registry
+
+CALIBRATORS = Registry("calibrator")
+CalibratorName = CALIBRATORS.choice()
+EPS = 1e-6
+
+
+class CalibrationConfig(BaseModel):
+    """``parameters.calibration``: the calibrator, the split it is fitted on, and the bins of ECE/MCE."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: CalibratorName = "temperature"
+    fit_on: str = Field("val", pattern="^(val|proxy)$", description="labelled split the calibrator is fitted "
+                        "on: val, or proxy (needs split.proxy)")
+    n_bins: int = Field(15, ge=2, le=100, description="bins of ECE, adaptive ECE, MCE and the reliability diagram")
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+@CALIBRATORS.register("temperature")
+class TemperatureScaling:
+    """``sigmoid(logit(p) / T)`` with T > 0 minimising the log loss (Guo et al. 2017): one
+    parameter, monotone, so AUC and every ranking stay as they were."""
+
+    @staticmethod
+    def fit(y: np.ndarray, p: np.ndarray) -> dict:
+        z = logit(p)
+
+        def nll(log_t: float) -> float:
+            q = np.clip(sigmoid(z / np.exp(log_t)), EPS, 1 - EPS)
+            return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
+
+        best = minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded")
+        return {"temperature": float(np.exp(best.x))}
+
+    @staticmethod
+    def apply(p: np.ndarray, params: dict) -> np.ndarray:
+        return sigmoid(logit(p) / params["temperature"])
+
+
+@CALIBRATORS.register("platt")
+class PlattScaling:
+    """``sigmoid(a logit(p) + b)`` by logistic regression on the logit (Platt 1999): monotone
+    when a > 0, and corrects a shifted base rate as well as over-confidence."""
+
+    @staticmethod
+    def fit(y: np.ndarray, p: np.ndarray) -> dict:
+        model = LogisticRegression(C=1e4).fit(logit(p)[:, None], y)
+        return {"a": float(model.coef_[0, 0]), "b": float(model.intercept_[0])}
+
+    @staticmethod
+    def apply(p: np.ndarray, params: dict) -> np.ndarray:
+        return sigmoid(params["a"] * logit(p) + params["b"])
+
+
+@CALIBRATORS.register("isotonic")
+class IsotonicCalibration:
+    """A non-decreasing step function of p (Zadrozny and Elkan 2002): the most flexible, needs
+    the most images, and ties scores within a step (AUC may move slightly)."""
+
+    @staticmethod
+    def fit(y: np.ndarray, p: np.ndarray) -> dict:
+        model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
+        return {"x": model.X_thresholds_.tolist(), "y": model.y_thresholds_.tolist()}
+
+    @staticmethod
+    def apply(p: np.ndarray, params: dict) -> np.ndarray:
+        return np.interp(p, params["x"], params["y"])
+
+
+def _known(y: np.ndarray, p: np.ndarray, mask: np.ndarray | None, j: int) -> tuple[np.ndarray, np.ndarray]:
+    keep = slice(None) if mask is None else mask[:, j]
+    return (y[keep, j] > 0.5).astype(np.float64), np.asarray(p[keep, j], np.float64)
+
+
+def fit_calibration(y: np.ndarray, p: np.ndarray, label_names: Sequence[str], method: str = "temperature",
+                    mask: np.ndarray | None = None, fit_on: str = "val") -> dict:
+    """One ``method`` calibrator per label on its known labels; a label with one known class
+    keeps its scores (params None) with a warning, since nothing there says how to move them."""
+    calibrator = CALIBRATORS.get(method)
+    labels: dict[str, dict | None] = {}
+    for j, name in enumerate(label_names):
+        yj, pj = _known(y, p, mask, j)
+        if len(np.unique(yj)) < 2:
+            warnings.warn(f"calibration: label {name!r} has one known class on {fit_on}; left uncalibrated")
+            labels[name] = None
+            continue
+        labels[name] = calibrator.fit(yj, pj)
+    return {"method": method, "fit_on": fit_on, "labels": labels}
+
+
+def apply_calibration(probs: np.ndarray, calibration: dict, label_names: Sequence[str]) -> np.ndarray:
+    """``probs`` (N, L) in ``label_names`` order through ``calibration``; labels it does not
+    cover, or left uncalibrated, pass unchanged. An empty calibration is the identity."""
+    if not calibration:
+        return probs
+    calibrator = CALIBRATORS.get(calibration["method"])
+    out = np.array(probs, np.float64, copy=True)
+    for j, name in enumerate(label_names):
+        params = calibration["labels"].get(name)
+        if params is not None:
+            out[:, j] = calibrator.apply(out[:, j], params)
+    return out
+
+
+def adaptive_ece(y: np.ndarray, p: np.ndarray, n_bins: int = 15) -> float:
+    """ECE over equal-mass bins (Nixon et al. 2019): every bin holds about N / n_bins scores, so
+    sparse high-confidence regions are not averaged away. torchmetrics has equal-width bins only."""
+    order = np.argsort(p, kind="stable")
+    bins = [b for b in np.array_split(order, min(n_bins, len(p))) if len(b)]
+    return float(sum(len(b) * abs(y[b].mean() - p[b].mean()) for b in bins) / len(p))
+
+
+def calibration_errors(y: np.ndarray, p: np.ndarray, n_bins: int = 15) -> dict[str, float]:
+    """ECE (equal-width bins), adaptive ECE (equal-mass), MCE (the worst equal-width bin) and
+    the Brier score of binary labels ``y`` against scores ``p``."""
+    preds, target = torch.as_tensor(p, dtype=torch.float64), torch.as_tensor(y > 0.5, dtype=torch.long)
+    return {"ece": float(binary_calibration_error(preds, target, n_bins=n_bins, norm="l1")),
+            "adaptive_ece": adaptive_ece((y > 0.5).astype(np.float64), np.asarray(p, np.float64), n_bins),
+            "mce": float(binary_calibration_error(preds, target, n_bins=n_bins, norm="max")),
+            "brier": float(brier_score_loss((y > 0.5).astype(int), p))}
+
+
+def calibration_table(y: np.ndarray, probs: dict[str, np.ndarray], label_names: Sequence[str],
+                      mask: np.ndarray | None = None, n_bins: int = 15) -> pd.DataFrame:
+    """One row per label and per entry of ``probs`` (e.g. ``before``/``after``) with n, ECE,
+    adaptive ECE, MCE and Brier, plus a ``mean`` row per entry over the labels with known values."""
+    rows = []
+    for stage, p in probs.items():
+        stage_rows = []
+        for j, name in enumerate(label_names):
+            yj, pj = _known(y, p, mask, j)
+            if len(yj):
+                stage_rows.append({"stage": stage, "label": name, "n": len(yj)} | calibration_errors(yj, pj, n_bins))
+        rows += stage_rows
+        if stage_rows:
+            frame = pd.DataFrame(stage_rows)
+            rows.append({"stage": stage, "label": "mean", "n": int(frame["n"].sum())}
+                        | frame[["ece", "adaptive_ece", "mce", "brier"]].mean().to_dict())
+    return pd.DataFrame(rows)
+
+
+def summary_errors(table: pd.DataFrame) -> dict[str, float]:
+    """``<stage>_<error>`` of the table's ``mean`` rows, flat for MLflow."""
+    means = table[table["label"] == "mean"]
+    return {f"{row.stage}_{k}": float(getattr(row, k)) for row in means.itertuples()
+            for k in ("ece", "adaptive_ece", "mce", "brier")}

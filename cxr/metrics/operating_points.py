@@ -1,0 +1,127 @@
+"""Operating points: per-label thresholds chosen on a labelled split for a stated purpose (best
+F1, a target sensitivity for rule-out, a target specificity for rule-in), and what each gives
+(sensitivity, specificity, PPV, NPV with patient-level bootstrap intervals) on any labelled set.
+
+Stored in a checkpoint's metadata as ``{"fit_on", "targets", "thresholds": {point: {label: t}}}``;
+a caller asking for ``operating_point: <point>`` gets ``<label>_positive = p >= t``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.metrics import roc_curve
+
+from cxr.metrics.classification import best_f1_threshold
+from cxr.metrics.uncertainty import bootstrap_intervals
+from cxr.registry import Registry
+
+OPERATING_POINTS = Registry("operating point")
+OperatingPointName = OPERATING_POINTS.choice()
+RATES = ("sensitivity", "specificity", "ppv", "npv")
+
+
+class OperatingPointConfig(BaseModel):
+    """``parameters.operating_points``: which points are fitted, their targets and the intervals."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points: list[OperatingPointName] = Field(default_factory=OPERATING_POINTS.names)
+    target_sensitivity: float = Field(0.95, gt=0, le=1)
+    target_specificity: float = Field(0.95, gt=0, le=1)
+    report: OperatingPointName = Field("f1", description="the point the subgroup table and model card lead with")
+    n_bootstrap: int = Field(1000, ge=50, description="patient-level bootstrap replicates of every interval")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 0
+
+
+def _finite(threshold: float, p: np.ndarray) -> float:
+    """roc_curve's first threshold is +inf (nothing positive): the smallest float above max(p)."""
+    return float(np.nextafter(p.max(), np.inf)) if not np.isfinite(threshold) else float(threshold)
+
+
+@OPERATING_POINTS.register("f1")
+def f1_point(y: np.ndarray, p: np.ndarray) -> float:
+    """The threshold that maximises F1 (the one the evaluation tables use)."""
+    return best_f1_threshold(y, p)
+
+
+@OPERATING_POINTS.register("sensitivity")
+def sensitivity_point(y: np.ndarray, p: np.ndarray, target_sensitivity: float = 0.95) -> float:
+    """The highest threshold whose sensitivity reaches ``target_sensitivity`` (rule-out)."""
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    return _finite(thresholds[int(np.argmax(tpr >= target_sensitivity - 1e-12))], p)
+
+
+@OPERATING_POINTS.register("specificity")
+def specificity_point(y: np.ndarray, p: np.ndarray, target_specificity: float = 0.95) -> float:
+    """The lowest threshold whose specificity reaches ``target_specificity`` (rule-in)."""
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    return _finite(thresholds[int(np.flatnonzero(1 - fpr >= target_specificity - 1e-12)[-1])], p)
+
+
+def _known(y: np.ndarray, p: np.ndarray, mask: np.ndarray | None, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    keep = np.ones(len(y), bool) if mask is None else mask[:, j]
+    return (y[keep, j] > 0.5).astype(int), np.asarray(p[keep, j], np.float64), np.flatnonzero(keep)
+
+
+def fit_operating_points(y: np.ndarray, p: np.ndarray, label_names: Sequence[str], cfg: OperatingPointConfig,
+                         mask: np.ndarray | None = None, fit_on: str = "val") -> dict:
+    """Per point and label the threshold on the known labels; a label with one known class
+    gets 0.5 (no threshold is better justified there)."""
+    knobs = cfg.model_dump()
+    thresholds = {point: {} for point in cfg.points}
+    for j, name in enumerate(label_names):
+        yj, pj, _ = _known(y, p, mask, j)
+        for point in cfg.points:
+            both = len(np.unique(yj)) == 2
+            thresholds[point][name] = OPERATING_POINTS.create_from(point, yj, pj, knobs=knobs) if both else 0.5
+    return {"fit_on": fit_on, "targets": {"sensitivity": cfg.target_sensitivity,
+                                          "specificity": cfg.target_specificity},
+            "thresholds": thresholds}
+
+
+def rates(y: np.ndarray, positive: np.ndarray) -> dict[str, float]:
+    """Sensitivity, specificity, PPV and NPV of binary decisions (NaN where undefined)."""
+    tp, fp = np.sum(positive & (y == 1)), np.sum(positive & (y == 0))
+    fn, tn = np.sum(~positive & (y == 1)), np.sum(~positive & (y == 0))
+    ratio = (lambda a, b: a / (a + b) if a + b else np.nan)
+    return {"sensitivity": ratio(tp, fn), "specificity": ratio(tn, fp), "ppv": ratio(tp, fp), "npv": ratio(tn, fn)}
+
+
+def operating_point_table(y: np.ndarray, p: np.ndarray, label_names: Sequence[str], points: dict,
+                          groups: Sequence, mask: np.ndarray | None = None, cfg: OperatingPointConfig =
+                          OperatingPointConfig()) -> pd.DataFrame:
+    """One row per point and label: threshold, n, n_positive, and each rate with its
+    ``<rate>_low``/``<rate>_high`` patient-level bootstrap interval."""
+    groups = np.asarray(list(groups), dtype=object)
+    rows = []
+    for point, by_label in points["thresholds"].items():
+        for j, name in enumerate(label_names):
+            yj, pj, keep = _known(y, p, mask, j)
+            if not len(yj):
+                continue
+            t = by_label[name]
+            stats = {rate: (lambda rows, rate=rate: rates(yj[rows], pj[rows] >= t)[rate]) for rate in RATES}
+            intervals = bootstrap_intervals(stats, groups[keep], cfg.n_bootstrap, cfg.confidence, cfg.seed)
+            row = {"operating_point": point, "label": name, "threshold": t, "n": len(yj), "n_positive": int(yj.sum())}
+            for rate, (value, low, high) in intervals.items():
+                row |= {rate: value, f"{rate}_low": low, f"{rate}_high": high}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def positive_columns(predictions: pd.DataFrame, points: dict, point: str, label_names: Sequence[str]) -> pd.DataFrame:
+    """``predictions`` with ``<label>_positive`` (True/False, missing where the score is) at ``point``."""
+    if not points:
+        raise ValueError("this model carries no operating points (it was registered before they were fitted)")
+    if point not in points["thresholds"]:
+        raise ValueError(f"unknown operating point {point!r}; this model has {sorted(points['thresholds'])}")
+    out = predictions.copy()
+    for name in label_names:
+        score = out[name]
+        out[f"{name}_positive"] = (score >= points["thresholds"][point][name]).astype("boolean").mask(score.isna())
+    return out
