@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     pred = commands.add_parser("predict", help="per-finding probabilities of an image or folder")
     pred.add_argument("target", help="an image file or a folder of images")
     pred.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + meta.json)")
-    pred.add_argument("--artifact", default="checkpoint",
-                      help="else the latest ZenML artifact of this name (checkpoint, cft_checkpoint)")
+    pred.add_argument("--artifact", default="calibrated_checkpoint",
+                      help="else the latest ZenML artifact of this name (calibrated_checkpoint: what is registered, "
+                           "calibrated; checkpoint: as fine-tuned; cft_checkpoint)")
     pred.add_argument("--tta", action="store_true", help="average the five reference TTA views")
     pred.add_argument("--gradcam", metavar="OUT_DIR", help="write Grad-CAM overlays of the top findings here")
     pred.add_argument("--top", type=int, default=3, help="findings per Grad-CAM image")

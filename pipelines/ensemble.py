@@ -80,7 +80,7 @@ def ensemble_pipeline(
     if registered_model_name is not None:
         model_version = register_ensemble(names=names, checkpoints=checkpoints, ensemble_weights=weights,
                                           val_metrics=val_metrics, registered_model_name=registered_model_name,
-                                          images=images)
+                                          images=images, val_predictions=val_ensemble)
         if promotion is not None:
             promote_model(model_version=model_version, images=images, registered_model_name=registered_model_name,
                           cfg=promotion)

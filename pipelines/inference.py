@@ -23,6 +23,7 @@ def inference_pipeline(
     views: list[ViewName] = list(SINGLE_VIEW),
     chunk_size: int = 1024,
     guardrails: bool = True,
+    operating_point: Optional[str] = None,
 ) -> None:
     """Predict a folder or table of new images with the registry's ``alias`` (or ``version``).
 
@@ -37,9 +38,11 @@ def inference_pipeline(
         chunk_size: files decoded and predicted at a time; bounds memory.
         guardrails: add the registered model's input guardrails' ``flag`` and ``flag_reason``
             columns (and NaN scores for flagged images when its guardrails reject).
+        operating_point: one of the registered model's operating points (f1, sensitivity,
+            specificity): each label gains ``<label>_positive`` at its threshold.
     """
     images = ingest(source=data)
     uri = f"models:/{registered_model_name}/{version}" if version is not None \
         else f"models:/{registered_model_name}@{alias}"
     batch_predict(images=images, model_uri=uri, output_path=output_path, sample_submission=sample_submission,
-                  views=views, chunk_size=chunk_size, guardrails=guardrails)
+                  views=views, chunk_size=chunk_size, guardrails=guardrails, operating_point=operating_point)

@@ -1,10 +1,10 @@
 """Training pipeline: ingest -> split (train/val[/proxy]) -> preprocess -> [leakage audit against
 external and test sets] -> [features -> nn_pairs -> ssl_pretrain (+ target images)] -> finetune ->
 [cft_features -> cft_finetune] -> [adapt_to_target] -> TTA -> evaluate (val, proxy) ->
-[evaluate_external per set] -> generalisation_report -> [robustness] -> [fit_guardrails] -> register
-[-> promote on the holdout], and, when test data is given, TTA -> submission for it. The bracketed
-steps run when ``audit`` (default on), ``ssl``, ``cft``, ``adapt``, ``external``, ``robustness``,
-``guardrails`` (default on) and ``promotion`` are set."""
+[evaluate_external per set] -> generalisation_report -> calibrate (calibration and operating points)
+-> [robustness] -> [fit_guardrails] -> register [-> promote on the holdout], and, when test data is
+given, TTA -> submission for it. The bracketed steps run when ``audit`` (default on), ``ssl``, ``cft``,
+``adapt``, ``external``, ``robustness``, ``guardrails`` (default on) and ``promotion`` are set."""
 
 from typing import Optional
 
@@ -21,13 +21,15 @@ from cxr.infer.guardrails import GuardrailConfig
 from cxr.infer.tta import REFERENCE_VIEWS, ViewName
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from cxr.lifecycle.promotion import PromotionConfig
+from cxr.metrics.calibration import CalibrationConfig
 from cxr.metrics.generalisation import ThresholdConfig, check_set_names
+from cxr.metrics.operating_points import OperatingPointConfig
 from cxr.metrics.robustness import RobustnessConfig
 from cxr.models.classifier import ModelConfig
 from cxr.ssl.pretrain import SSLConfig
 from cxr.train.config import TrainConfig
 from steps.data import audit_leakage, ingest, preprocess_images, split_dataset
-from steps.evaluate import evaluate, evaluate_external, generalisation_report, robustness as score_robustness
+from steps.evaluate import calibrate, evaluate, evaluate_external, generalisation_report, robustness as score_robustness
 from steps.infer import submission, tta_predict
 from steps.registry import promote_model, register_model
 from steps.ssl import handcrafted_features, nn_pairs, ssl_pretrain, ssl_probe
@@ -55,6 +57,8 @@ def training_pipeline(
     adapt: Optional[AdaptConfig] = None,
     robustness: Optional[RobustnessConfig] = None,
     guardrails: Optional[GuardrailConfig] = GuardrailConfig(),
+    calibration: Optional[CalibrationConfig] = CalibrationConfig(),
+    operating_points: OperatingPointConfig = OperatingPointConfig(),
 ) -> None:
     """Train, evaluate and register a chest X-ray classifier; write a submission for test data.
 
@@ -82,10 +86,16 @@ def training_pipeline(
         robustness: corruptions and severities the final model is scored under (None: off).
         guardrails: input checks fitted into the registered checkpoint, whose served predictions
             then carry ``flag`` and ``flag_reason`` (None: registered without them).
+        calibration: per-label calibrator fitted on ``calibration.fit_on`` and applied to every
+            prediction of the registered model and the submission (None: scores as trained).
+        operating_points: per-label thresholds (F1, target sensitivity, target specificity)
+            stored with the registered model, applied when a caller asks for ``operating_point``.
     """
     names = [entry.name for entry in external]
     check_set_names({"train.select_on": train.select_on, "thresholds.fit_on": thresholds.fit_on}
-                    | ({"promotion.holdout": promotion.holdout} if promotion else {}), split.proxy is not None, names)
+                    | ({"promotion.holdout": promotion.holdout} if promotion else {})
+                    | ({"calibration.fit_on": calibration.fit_on} if calibration else {}),
+                    split.proxy is not None, names)
     if adapt is not None:
         check_adapt_target(adapt, test_data is not None, names, ssl is not None)
     images = ingest(source=data)
@@ -130,17 +140,23 @@ def training_pipeline(
     val_metrics, val_report, proxy_metrics, proxy_report, _, _, _ = evaluate(
         val_predictions=val_predictions, images=images, history=history, proxy_predictions=proxy_predictions,
         thresholds=thresholds, select_on=train.select_on)
-    external_reports = []
+    external_reports, external_predictions = [], []
     for name, part in external_images.items():
         predictions = tta_predict(checkpoint=checkpoint, images=part, views=tta_views,
                                   id=f"tta_predict_external_{name}")
         _, report = evaluate_external(predictions=predictions, images=part, name=name, val_report=val_report,
                                       id=f"evaluate_external_{name}")
         external_reports.append(report)
+        external_predictions.append(predictions)
     generalisation_report(val_report=val_report, proxy_report=proxy_report, external_reports=external_reports,
                           external_names=names)
     if robustness is not None:
         score_robustness(checkpoint=checkpoint, images=images, cfg=robustness)
+    checkpoint, _, _, _, _, _ = calibrate(checkpoint=checkpoint, images=images, val_predictions=val_predictions,
+                                          proxy_predictions=proxy_predictions,
+                                          external_predictions=external_predictions,
+                                          external_images=list(external_images.values()), external_names=names,
+                                          calibration=calibration, operating_points=operating_points)
     registered = checkpoint if guardrails is None else fit_guardrails(checkpoint=checkpoint, images=images,
                                                                       cfg=guardrails)
     model_version = register_model(checkpoint=registered, val_metrics=val_metrics, proxy_metrics=proxy_metrics,

@@ -16,9 +16,11 @@ from cxr.infer.tta import SINGLE_VIEW
 
 def predict_chunks(model: ServedModel, images: ImageSet, views: Sequence[str] = SINGLE_VIEW,
                    chunk_size: int = 1024, batch_size: int = 64, device: str = "auto",
-                   progress: bool = True, guardrails: bool = True) -> Iterator[pd.DataFrame]:
+                   progress: bool = True, guardrails: bool = True,
+                   operating_point: str | None = None) -> Iterator[pd.DataFrame]:
     """Predictions (``id``, one column per label and, with ``guardrails``, ``flag`` and
-    ``flag_reason``) of ``images``' files, ``chunk_size`` at a time.
+    ``flag_reason``, and at ``operating_point`` ``<label>_positive``) of ``images``' files,
+    ``chunk_size`` at a time.
 
     Only one chunk of decoded images is held at once, so memory does not grow with the
     number of files.
@@ -26,7 +28,7 @@ def predict_chunks(model: ServedModel, images: ImageSet, views: Sequence[str] = 
     paths, ids = images.manifest["path"].tolist(), images.ids
     for start in tqdm(range(0, len(paths), chunk_size), desc="predict", unit="chunk", disable=not progress):
         yield predict_files(model, paths[start:start + chunk_size], ids[start:start + chunk_size], views,
-                            batch_size, device, guardrails)
+                            batch_size, device, guardrails, operating_point)
 
 
 def write_predictions(chunks: Iterator[pd.DataFrame], path: str | Path) -> int:

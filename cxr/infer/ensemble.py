@@ -189,6 +189,7 @@ class EnsembleModel:
     members: dict[str, Checkpoint]
     weights: np.ndarray
     weighting: str = "auc"
+    operating_points: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if WEIGHTINGS.create(self.weighting).rank:
@@ -216,7 +217,8 @@ def save_ensemble_model(model: EnsembleModel, folder: str | Path) -> Path:
     for name, checkpoint in model.members.items():
         save_checkpoint(checkpoint, folder / "members" / name)
     (folder / ENSEMBLE_FILE).write_text(json.dumps({"members": list(model.members), "weights": model.weights.tolist(),
-                                                    "weighting": model.weighting, "label_names": model.label_names},
+                                                    "weighting": model.weighting, "label_names": model.label_names,
+                                                    "operating_points": model.operating_points},
                                                    indent=2))
     return folder
 
@@ -228,4 +230,5 @@ def load_ensemble_model(folder: str | Path) -> EnsembleModel:
         raise FileNotFoundError(f"ensemble folder {folder} lacks {ENSEMBLE_FILE}")
     spec = json.loads((folder / ENSEMBLE_FILE).read_text())
     members = {name: load_checkpoint(folder / "members" / name) for name in spec["members"]}
-    return EnsembleModel(members, np.asarray(spec["weights"], dtype=np.float64), spec["weighting"])
+    return EnsembleModel(members, np.asarray(spec["weights"], dtype=np.float64), spec["weighting"],
+                         spec.get("operating_points", {}))

@@ -1,5 +1,6 @@
 """Predict straight from image files with a checkpoint or an ensemble, preprocessing as each
-model was trained, with the input guardrails' ``flag`` and ``flag_reason`` beside the scores."""
+model was trained, with the input guardrails' ``flag`` and ``flag_reason`` beside the scores and,
+at a named operating point, ``<label>_positive``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
 from cxr.infer.ensemble import EnsembleModel
 from cxr.infer.guardrails import flagged_predictions, guard, guardrail_config
 from cxr.infer.tta import SINGLE_VIEW, predict_imageset
+from cxr.metrics.operating_points import positive_columns
 from cxr.models.checkpoint import Checkpoint
 
 
@@ -38,19 +40,31 @@ def served_labels(model: ServedModel) -> list[str]:
     return model.label_names if isinstance(model, EnsembleModel) else list(model.meta.label_names)
 
 
+def served_operating_points(model: ServedModel) -> dict:
+    """The thresholds a checkpoint or an ensemble carries by operating point (empty: none)."""
+    return model.operating_points if isinstance(model, EnsembleModel) else model.meta.operating_points
+
+
 def predict_files(model: ServedModel, paths: Sequence[str], ids: Sequence[str] | None = None,
-                  views: Sequence[str] = SINGLE_VIEW, batch_size: int = 64,
-                  device: str = "auto", guardrails: bool = True) -> pd.DataFrame:
-    """Decode, preprocess (the model's training settings) and predict image files; with
-    ``guardrails`` each row also gets ``flag`` and ``flag_reason`` (see ``cxr.infer.guardrails``)."""
+                  views: Sequence[str] = SINGLE_VIEW, batch_size: int = 64, device: str = "auto",
+                  guardrails: bool = True, operating_point: str | None = None) -> pd.DataFrame:
+    """Decode, preprocess (the model's training settings) and predict image files (calibrated
+    when the model is); with ``guardrails`` each row also gets ``flag`` and ``flag_reason`` (see
+    ``cxr.infer.guardrails``), and with ``operating_point`` one ``<label>_positive`` per label."""
+    points = served_operating_points(model)
+    if operating_point:
+        positive_columns(pd.DataFrame(columns=served_labels(model)), points, operating_point, served_labels(model))
     if isinstance(model, EnsembleModel):
-        return predict_ensemble_files(model, paths, ids, views, batch_size, device, guardrails)
-    images = preprocess_files(model, paths, ids)
-    predictions = predict_imageset(model, images, views, batch_size, device)
-    if not guardrails:
+        predictions = predict_ensemble_files(model, paths, ids, views, batch_size, device, guardrails)
+    else:
+        images = preprocess_files(model, paths, ids)
+        predictions = predict_imageset(model, images, views, batch_size, device)
+        if guardrails:
+            predictions = flagged_predictions(predictions, guard(model, images, device=device), served_labels(model),
+                                              guardrail_config(model).reject)
+    if not operating_point:
         return predictions
-    return flagged_predictions(predictions, guard(model, images, device=device), served_labels(model),
-                               guardrail_config(model).reject)
+    return positive_columns(predictions, points, operating_point, served_labels(model))
 
 
 def predict_ensemble_files(model: EnsembleModel, paths: Sequence[str], ids: Sequence[str] | None,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from cxr.data.imageset import ImageSet
 from cxr.infer.predict import View, predict_proba
+from cxr.metrics.calibration import apply_calibration
 from cxr.models.checkpoint import Checkpoint
 from cxr.registry import Registry
 
@@ -79,7 +80,8 @@ def tta_views(names: Sequence[str]) -> tuple[View, ...]:
 
 def predict_imageset(checkpoint: Checkpoint, imageset: ImageSet, views: Sequence[str] = REFERENCE_VIEWS,
                      batch_size: int = 64, device: str = "auto") -> pd.DataFrame:
-    """Predictions DataFrame: ``id`` plus one probability column per label, TTA-averaged."""
+    """Predictions DataFrame: ``id`` plus one probability column per label, TTA-averaged, then
+    through the checkpoint's calibration (if it has one)."""
     if imageset.images is None:
         raise ValueError("the image set has no decoded images: run preprocess first")
     size = checkpoint.meta.image_size
@@ -89,6 +91,7 @@ def predict_imageset(checkpoint: Checkpoint, imageset: ImageSet, views: Sequence
     model = checkpoint.build_model()
     probs = predict_proba(model, imageset.images, checkpoint.meta.mean, checkpoint.meta.std,
                           batch_size, device, tta_views(views))
-    frame = pd.DataFrame(probs.astype(np.float64), columns=checkpoint.meta.label_names)
+    probs = apply_calibration(probs.astype(np.float64), checkpoint.meta.calibration, checkpoint.meta.label_names)
+    frame = pd.DataFrame(probs, columns=checkpoint.meta.label_names)
     frame.insert(0, "id", imageset.ids)
     return frame

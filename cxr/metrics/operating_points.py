@@ -125,3 +125,9 @@ def positive_columns(predictions: pd.DataFrame, points: dict, point: str, label_
         score = out[name]
         out[f"{name}_positive"] = (score >= points["thresholds"][point][name]).astype("boolean").mask(score.isna())
     return out
+
+
+def point_tags(points: dict) -> dict[str, str]:
+    """Registry tags ``operating_point.<point>.<label>`` = threshold (empty without points)."""
+    return {f"operating_point.{point}.{label}": f"{t:.6f}" for point, by_label in points.get("thresholds", {}).items()
+            for label, t in by_label.items()}

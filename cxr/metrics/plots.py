@@ -11,7 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
+
+from cxr.metrics.calibration_error import calibration_errors  # noqa: E402
 
 
 def figure_image(fig: plt.Figure) -> Image.Image:
@@ -151,4 +154,24 @@ def robustness_curves(table: pd.DataFrame) -> Image.Image:
     ax.set(xlabel="severity", ylabel="mean ROC AUC", xticks=sorted(corrupted["severity"].unique()),
            title=f"AUC under acquisition corruptions (mean {corrupted['auc'].mean():.3f})")
     ax.legend(fontsize=7, ncol=2, loc="lower left")
+    return figure_image(fig)
+
+
+def reliability_diagrams(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], n_bins: int = 15) -> Image.Image:
+    """Observed frequency against mean predicted probability in equal-width bins, before and
+    after calibration, one panel per set (``name -> (y, before, after)``, labels pooled), with a
+    histogram of the calibrated scores underneath."""
+    fig, axes = plt.subplots(2, len(curves), figsize=(4 * len(curves), 5.2), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    for (name, (y, before, after)), ax, hist in zip(curves.items(), axes[0], axes[1]):
+        for stage, p, style in (("before", before, dict(c="grey", ls="--")), ("after", after, dict(c="C0"))):
+            observed, predicted = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
+            ece = calibration_errors(y, p, n_bins)["ece"]
+            ax.plot(predicted, observed, marker="o", ms=3, label=f"{stage} (ECE {ece:.3f})", **style)
+        ax.plot([0, 1], [0, 1], c="black", lw=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"{name} ({len(y)} scores)", ylabel="observed frequency")
+        ax.legend(fontsize=8, loc="upper left")
+        hist.hist(after, bins=n_bins, range=(0, 1), color="C0")
+        hist.set(xlabel="predicted probability", ylabel="count", yscale="log")
+    fig.suptitle("Reliability")
     return figure_image(fig)

@@ -5,9 +5,10 @@ Logged by the register steps as ``python_model=<this file>`` with the ``cxr`` pa
 ``code_paths``, so nothing is pickled. The artifact is either ``checkpoint`` (one model) or
 ``ensemble`` (members' checkpoints plus weights). Input: a DataFrame with a ``path`` column
 (image or DICOM files) and optionally ``id``; output: ``id``, one probability column per label,
-and the input guardrails' ``flag`` and ``flag_reason``. Params (in the logged signature):
-``views`` (TTA view names, default original only), ``batch_size`` and ``guardrails`` (default
-true).
+the input guardrails' ``flag`` and ``flag_reason`` and, when the ``operating_point`` param names
+one of the model's (f1, sensitivity, specificity), ``<label>_positive``. Params (in the logged
+signature): ``views`` (TTA view names, default original only), ``batch_size``, ``guardrails``
+(default true) and ``operating_point`` (default none).
 """
 
 import mlflow
@@ -37,7 +38,8 @@ class CXRClassifier(PythonModel):
         return predict_files(self.model, model_input["path"].tolist(), ids,
                              views=tuple(params.get("views", SINGLE_VIEW)),
                              batch_size=int(params.get("batch_size", 64)),
-                             guardrails=bool(params.get("guardrails", True)))
+                             guardrails=bool(params.get("guardrails", True)),
+                             operating_point=params.get("operating_point") or None)
 
 
 mlflow.models.set_model(CXRClassifier())

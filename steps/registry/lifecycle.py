@@ -42,15 +42,18 @@ SERVING_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "numpy", "pan
 
 
 def served_signature(label_names: list[str]) -> ModelSignature:
-    """Input ``id`` (optional) and ``path``, output ``id``, one probability per label and the
-    guardrails' ``flag``/``flag_reason``, and the ``views``/``batch_size``/``guardrails`` params
-    (without a params schema MLflow drops them)."""
+    """Input ``id`` (optional) and ``path``, output ``id``, one probability per label, the
+    guardrails' ``flag``/``flag_reason`` and, at an operating point, ``<label>_positive``; the
+    ``views``/``batch_size``/``guardrails``/``operating_point`` params (without a params schema
+    MLflow drops them)."""
     return ModelSignature(
         inputs=Schema([ColSpec("string", "id", required=False), ColSpec("string", "path")]),
         outputs=Schema([ColSpec("string", "id"), *(ColSpec("double", n) for n in label_names),
-                        ColSpec("boolean", "flag", required=False), ColSpec("string", "flag_reason", required=False)]),
+                        ColSpec("boolean", "flag", required=False), ColSpec("string", "flag_reason", required=False),
+                        *(ColSpec("boolean", f"{n}_positive", required=False) for n in label_names)]),
         params=ParamSchema([ParamSpec("views", "string", list(SINGLE_VIEW), shape=(-1,)),
-                            ParamSpec("batch_size", "long", 64), ParamSpec("guardrails", "boolean", True)]))
+                            ParamSpec("batch_size", "long", 64), ParamSpec("guardrails", "boolean", True),
+                            ParamSpec("operating_point", "string", "")]))
 
 
 def log_served_model(model: ServedModel, name: str, tags: dict[str, str] | None = None,

@@ -8,6 +8,7 @@ from zenml.logger import get_logger
 from cxr.data.imageset import ImageSet
 from cxr.infer.serving import ServedModel, served_labels
 from cxr.lifecycle import DEFAULT_MODEL_NAME
+from cxr.metrics.operating_points import point_tags
 from cxr.models.checkpoint import Checkpoint
 from steps.caching import code_cache_policy
 from steps.registry.lifecycle import log_served_model
@@ -24,7 +25,8 @@ def register_model(checkpoint: Checkpoint, val_metrics: dict, registered_model_n
     The new version is tagged with its val (and proxy) metrics, backbone, labels and the ZenML
     run id; the file digests of ``images``' train split are logged beside it, so later
     promotions leave the images it trained on out of their holdout. An adapted checkpoint is
-    tagged with its target set's name, label-free content hash and methods.
+    tagged with its target set's name, label-free content hash and methods; a calibrated one
+    with its calibrator, and every operating point's threshold per label.
     Cached like any step: a re-run with the same checkpoint adds no duplicate version.
     YAML: ``parameters.registered_model_name``.
     """
@@ -33,9 +35,11 @@ def register_model(checkpoint: Checkpoint, val_metrics: dict, registered_model_n
     adapted = meta.adaptation
     adaptation = {"adapted_to": adapted["target"], "adapted_to_hash": adapted["target_hash"],
                   "adaptation_methods": ",".join(adapted["methods"])} if adapted else {}
+    calibration = {"calibration": meta.calibration["method"],
+                   "calibration_fit_on": meta.calibration["fit_on"]} if meta.calibration else {}
     return register_served(checkpoint, val_metrics, registered_model_name,
-                           {"backbone": meta.model.backbone, "image_size": str(meta.image_size)} | proxy | adaptation,
-                           images)
+                           {"backbone": meta.model.backbone, "image_size": str(meta.image_size)} | proxy | adaptation
+                           | calibration | point_tags(meta.operating_points), images)
 
 
 def register_served(model: ServedModel, val_metrics: dict, name: str, tags: dict[str, str],

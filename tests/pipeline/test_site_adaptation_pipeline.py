@@ -59,7 +59,9 @@ def test_the_adapted_checkpoint_is_the_one_evaluated_and_submitted(run, root: Pa
     assert record["target"] == "test" and record["target_hash"] == unlabelled(test).content_hash()
     assert record["methods"] == ["self_training", "adabn"] and record["target_images"] == len(test) == 12
     assert any(not torch.equal(t, tuned.state_dict[k]) for k, t in adapted.state_dict.items() if k.endswith("weight"))
-    expected = predict_imageset(adapted, test, ["original"]).set_index("id")["pneumonia"]
+    calibrated = output(run, "calibrate", "calibrated_checkpoint")
+    assert calibrated.meta.adaptation == record and calibrated.state_dict.keys() == adapted.state_dict.keys()
+    expected = predict_imageset(calibrated, test, ["original"]).set_index("id")["pneumonia"]
     predictions = output(run, "tta_predict_test", "predictions").set_index("id")["pneumonia"]
     np.testing.assert_allclose(predictions.loc[expected.index], expected, atol=1e-6)
     submitted = pd.read_csv(root / "submission.csv", dtype={"id": str}).set_index("id")

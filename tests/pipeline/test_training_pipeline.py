@@ -26,8 +26,8 @@ pytestmark = pytest.mark.slow
 
 N_PER_CLASS, N_TEST, SIZE = 24, 10, 32
 FEATURE_STEPS = {"split_dataset", "preprocess_images", "preprocess_test", "audit_leakage"}
-TRAINING_STEPS = {"finetune", "tta_predict_val", "evaluate", "generalisation_report", "fit_guardrails", "register_model",
-                  "tta_predict_test"}
+TRAINING_STEPS = {"finetune", "tta_predict_val", "evaluate", "generalisation_report", "calibrate", "fit_guardrails",
+                  "register_model", "tta_predict_test"}
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +179,16 @@ def test_registered_versions_load_through_the_core(runs, mini_kermany):
 
     paths = sorted(str(p) for p in (mini_kermany / "test" / "images").iterdir())[:3]
     served = mlflow.pyfunc.load_model("models:/cxr-test/2").predict(pd.DataFrame({"path": paths}))
-    direct = predict_files(output(second, "finetune", "checkpoint"), paths)
+    calibrated = output(second, "calibrate", "calibrated_checkpoint")
+    direct = predict_files(calibrated, paths)
     assert np.allclose(served["pneumonia"], direct["pneumonia"], atol=1e-5)
+    assert calibrated.meta.calibration["method"] == versions[2].tags["calibration"] == "temperature"
+    for point, by_label in calibrated.meta.operating_points["thresholds"].items():
+        assert float(versions[2].tags[f"operating_point.{point}.pneumonia"]) == pytest.approx(by_label["pneumonia"])
+    at_point = mlflow.pyfunc.load_model("models:/cxr-test/2").predict(pd.DataFrame({"path": paths}),
+                                                                      params={"operating_point": "sensitivity"})
+    threshold = calibrated.meta.operating_points["thresholds"]["sensitivity"]["pneumonia"]
+    assert at_point["pneumonia_positive"].tolist() == (direct["pneumonia"] >= threshold).tolist()
 
 
 def test_info_prints_the_stack_tracking_uri_and_latest_run(runs, capsys):
@@ -206,6 +214,11 @@ def test_predict_with_the_latest_checkpoint_artifact(runs, mini_kermany, tmp_pat
     printed = capsys.readouterr().out
     assert all(name in printed for name in names)
     written = pd.read_csv(csv).set_index("id").loc[names, "pneumonia"]
+    assert run.main(["predict", str(tmp_path / "scans"), "--csv", str(tmp_path / "calibrated.csv")]) == 0
+    calibrated = pd.read_csv(tmp_path / "calibrated.csv").set_index("id").loc[names, "pneumonia"]
+    np.testing.assert_allclose(calibrated, predict_files(output(runs["edited"], "calibrate", "calibrated_checkpoint"),
+                                                         [str(tmp_path / "scans" / n) for n in names],
+                                                         names)["pneumonia"], atol=1e-6)
     expected = predict_files(output(runs["edited"], "finetune", "checkpoint"),
                              [str(tmp_path / "scans" / n) for n in names], names)
     np.testing.assert_allclose(written, expected["pneumonia"], atol=1e-6)

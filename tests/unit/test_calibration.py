@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from scipy.stats import norm, rankdata
 
-from cxr.metrics.calibration import (CALIBRATORS, adaptive_ece, apply_calibration, calibration_errors,
-                                     calibration_table, fit_calibration, logit, sigmoid, summary_errors)
+from cxr.metrics.calibration import CALIBRATORS, apply_calibration, fit_calibration, logit, sigmoid
+from cxr.metrics.calibration_error import adaptive_ece, calibration_errors, calibration_table, summary_errors
 from cxr.metrics.operating_points import (OperatingPointConfig, fit_operating_points, operating_point_table,
                                           positive_columns, rates, sensitivity_point, specificity_point)
 from cxr.metrics.subgroups import subgroup_table, too_small_warnings
