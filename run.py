@@ -7,6 +7,7 @@
     python run.py infer [--config configs/inference.yaml]  # new images through the registry's champion
     python run.py ensemble [--config configs/ensemble.yaml]  # several backbones -> one registered ensemble
     python run.py rollback [--name cxr-pneumonia]    # champion alias back to the previous champion
+    python run.py card [--name cxr-pneumonia] [--version V] [--out CARD.html]  # a version's model card
     python run.py predict IMAGE_OR_FOLDER [--checkpoint DIR | --artifact cft_checkpoint]
                           [--gradcam OUT_DIR --top 3] [--tta] [--csv OUT.csv]
 """
@@ -18,7 +19,7 @@ import subprocess
 import sys
 
 from cxr.lifecycle import DEFAULT_MODEL_NAME
-from pipelines.runner import PIPELINES, info, predict, rollback, run_pipeline, setup_stack, tracking_uri
+from pipelines.runner import PIPELINES, info, predict, rollback, run_pipeline, setup_stack, tracking_uri, write_card
 
 
 def report_rollback(name: str) -> int:
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     ensemble_cmd.add_argument("--run-name")
     back = commands.add_parser("rollback", help="give the champion alias back to the previous champion")
     back.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model name")
+    card = commands.add_parser("card", help="write the HTML model card of a registered version")
+    card.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model name")
+    card.add_argument("--version", type=int, help="registered version (default: the champion, else the latest)")
+    card.add_argument("--out", help="HTML file to write (default: outputs/model_card_<name>_v<version>.html)")
     pred = commands.add_parser("predict", help="per-finding probabilities of an image or folder")
     pred.add_argument("target", help="an image file or a folder of images")
     pred.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + meta.json)")
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "--port", args.port])
     elif args.command == "rollback":
         return report_rollback(args.name)
+    elif args.command == "card":
+        print(f"model card written to {write_card(args.name, args.version, args.out)}")
     elif args.command == "predict":
         predict(args.target, args.checkpoint, args.artifact, args.tta, args.gradcam, args.top, args.csv)
     elif args.command == "info":

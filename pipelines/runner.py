@@ -116,6 +116,29 @@ def rollback(name: str) -> tuple[int, int | None]:
     return rollback_aliases(mlflow.MlflowClient(), name)
 
 
+def write_card(name: str, version: int | None = None, out: str | None = None) -> Path:
+    """Write the model card of ``name``'s ``version`` (default: the champion, else the latest
+    version) to ``out``; returns the path."""
+    import mlflow
+
+    from steps.registry.lifecycle import CHAMPION, alias_version
+    from steps.registry.model_card import registered_card
+
+    setup_stack()
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    if version is None:
+        champion = alias_version(client, name, CHAMPION)
+        versions = client.search_model_versions(f"name='{name}'")
+        if champion is None and not versions:
+            raise ValueError(f"registered model {name!r} has no versions")
+        version = int(champion.version) if champion else max(int(v.version) for v in versions)
+    path = Path(out or f"outputs/model_card_{name}_v{version}.html")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(registered_card(name, version), encoding="utf-8")
+    return path.resolve()
+
+
 def load_model(checkpoint_dir: str | None, artifact: str):
     """A checkpoint folder (model.safetensors + meta.json), else the latest ZenML artifact ``artifact``."""
     from cxr.models.checkpoint import load_checkpoint

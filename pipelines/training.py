@@ -2,8 +2,8 @@
 external and test sets] -> [features -> nn_pairs -> ssl_pretrain (+ target images)] -> finetune ->
 [cft_features -> cft_finetune] -> [adapt_to_target] -> TTA -> evaluate (val, proxy) ->
 [evaluate_external per set] -> generalisation_report -> calibrate (calibration and operating points)
--> [robustness] -> [fit_guardrails] -> register [-> promote on the holdout], and, when test data is
-given, TTA -> submission for it. The bracketed steps run when ``audit`` (default on), ``ssl``, ``cft``,
+-> [robustness] -> [fit_guardrails] -> register [-> promote on the holdout] -> model_card, and, when
+test data is given, TTA -> submission for it. The bracketed steps run when ``audit`` (default on), ``ssl``, ``cft``,
 ``adapt``, ``external``, ``robustness``, ``guardrails`` (default on) and ``promotion`` are set."""
 
 from typing import Optional
@@ -31,7 +31,7 @@ from cxr.train.config import TrainConfig
 from steps.data import audit_leakage, ingest, preprocess_images, split_dataset
 from steps.evaluate import calibrate, evaluate, evaluate_external, generalisation_report, robustness as score_robustness
 from steps.infer import submission, tta_predict
-from steps.registry import promote_model, register_model
+from steps.registry import model_card, promote_model, register_model
 from steps.ssl import handcrafted_features, nn_pairs, ssl_pretrain, ssl_probe
 from steps.train import adapt_to_target, cft_features, cft_finetune, finetune, fit_guardrails
 
@@ -150,8 +150,10 @@ def training_pipeline(
         external_predictions.append(predictions)
     generalisation_report(val_report=val_report, proxy_report=proxy_report, external_reports=external_reports,
                           external_names=names)
+    after_robustness = []
     if robustness is not None:
         score_robustness(checkpoint=checkpoint, images=images, cfg=robustness)
+        after_robustness = ["robustness"]
     checkpoint, _, _, _, _, _ = calibrate(checkpoint=checkpoint, images=images, val_predictions=val_predictions,
                                           proxy_predictions=proxy_predictions,
                                           external_predictions=external_predictions,
@@ -161,9 +163,18 @@ def training_pipeline(
                                                                       cfg=guardrails)
     model_version = register_model(checkpoint=registered, val_metrics=val_metrics, proxy_metrics=proxy_metrics,
                                    registered_model_name=registered_model_name, images=images)
+    decision = None
     if promotion is not None:
-        promote_model(model_version=model_version, images=images, registered_model_name=registered_model_name,
-                      cfg=promotion, holdout_images=external_images.get(promotion.holdout))
+        decision = promote_model(model_version=model_version, images=images,
+                                 registered_model_name=registered_model_name, cfg=promotion,
+                                 holdout_images=external_images.get(promotion.holdout))
+    knobs = {"model": model.model_dump(), "train": train.model_dump(), "tta_views": list(tta_views),
+             "ssl": ssl.model_dump() if ssl else None, "cft": cft.model_dump() if cft else None,
+             "adapt": adapt.model_dump() if adapt else None, "split": split.model_dump(),
+             "operating_points": operating_points.model_dump()}
+    model_card(model_version=model_version, registered_model_name=registered_model_name, checkpoint=registered,
+               images=images, val_predictions=val_predictions, data_source=data.model_dump(), knobs=knobs,
+               promotion=decision, after=after_robustness)
     if test_images is not None:
         predictions = tta_predict(checkpoint=checkpoint, images=test_images, views=tta_views,
                                   id="tta_predict_test")

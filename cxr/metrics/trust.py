@@ -96,14 +96,15 @@ def trust_report(checkpoint: Checkpoint, sets: Mapping[str, tuple[ImageSet, np.n
 
 
 def trust_metrics(report: TrustReport) -> dict[str, float]:
-    """Flat MLflow metrics: ``<set>_<before|after>_<error>`` and ``<set>_<metric>[_low|_high]``."""
+    """Flat MLflow metrics: ``trust/<set>_<before|after>_<error>`` and ``trust/<set>_<metric>[_low|_high]``."""
     out = {}
     means = report.calibration[report.calibration["label"] == "mean"]
     for row in means.itertuples():
-        out |= {f"{row.set}_{row.stage}_{k}": float(getattr(row, k)) for k in ("ece", "adaptive_ece", "mce", "brier")}
+        out |= {f"trust/{row.set}_{row.stage}_{k}": float(getattr(row, k))
+                for k in ("ece", "adaptive_ece", "mce", "brier")}
     for row in report.intervals.itertuples():
-        out |= {f"{row.set}_{row.metric}": row.value, f"{row.set}_{row.metric}_low": row.low,
-                f"{row.set}_{row.metric}_high": row.high}
+        key = f"trust/{row.set}_{row.metric}"
+        out |= {key: row.value, f"{key}_low": row.low, f"{key}_high": row.high}
     return {k: float(v) for k, v in out.items()}
 
 

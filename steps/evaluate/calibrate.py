@@ -40,7 +40,7 @@ def calibrate(checkpoint: Checkpoint, images: ImageSet, val_predictions: pd.Data
     point's sensitivity, specificity, PPV and NPV, headline metrics with patient-level bootstrap
     95% intervals, and the subgroup table (sex, age band, view where the source has them).
 
-    MLflow: ``<set>_<before|after>_<error>``, ``<set>_<metric>[_low|_high]``, the tables under
+    MLflow: ``trust/<set>_<before|after>_<error>``, ``trust/<set>_<metric>[_low|_high]``, the tables under
     ``trust/`` and ``plots/reliability.png``. YAML: ``parameters.calibration`` and
     ``parameters.operating_points``.
     """

@@ -1,5 +1,7 @@
 """register_model step: log the checkpoint as an MLflow pyfunc and register a new version."""
 
+import subprocess
+from pathlib import Path
 from typing import Annotated, Optional
 
 from zenml import get_step_context, log_metadata, step
@@ -42,13 +44,28 @@ def register_model(checkpoint: Checkpoint, val_metrics: dict, registered_model_n
                            | calibration | point_tags(meta.operating_points), images)
 
 
+def code_version() -> str:
+    """The checkout's git commit, with ``-dirty`` when tracked files differ from it ('unknown'
+    outside a git checkout, e.g. in a container built from a copy)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
 def register_served(model: ServedModel, val_metrics: dict, name: str, tags: dict[str, str],
                     images: ImageSet | None = None) -> int:
     """Register ``model`` as a new version of ``name``, tagged with ``tags`` plus its val
     metrics, labels and this ZenML run, with the record of ``images``' train split; returns the version."""
     run = get_step_context().pipeline_run
     tags = tags | {f"val_{k}": f"{v:.6f}" for k, v in val_metrics.items()}
-    tags |= {"zenml_run_id": str(run.id), "zenml_run_name": run.name, "labels": ",".join(served_labels(model))}
+    tags |= {"zenml_run_id": str(run.id), "zenml_run_name": run.name, "labels": ",".join(served_labels(model)),
+             "code_version": code_version()}
     train = [] if images is None else images.split("train").manifest["path"].tolist()
     version = log_served_model(model, name, tags, train)
     logger.info("registered %s version %d (val mean AUC %.4f)", name, version, val_metrics.get("mean_auc", float("nan")))

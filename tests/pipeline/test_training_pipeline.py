@@ -90,7 +90,7 @@ def test_first_run_executes_every_step(runs):
     first = runs["first"]
     assert str(first.status.value) == "completed"
     assert set(statuses(first).values()) == {"completed"}
-    assert FEATURE_STEPS | TRAINING_STEPS | {"ingest", "ingest_test", "submission"} == set(first.steps)
+    assert FEATURE_STEPS | TRAINING_STEPS | {"ingest", "ingest_test", "submission", "model_card"} == set(first.steps)
 
 
 def test_artifacts_hold_what_later_steps_need(runs):
@@ -189,6 +189,37 @@ def test_registered_versions_load_through_the_core(runs, mini_kermany):
                                                                       params={"operating_point": "sensitivity"})
     threshold = calibrated.meta.operating_points["thresholds"]["sensitivity"]["pneumonia"]
     assert at_point["pneumonia_positive"].tolist() == (direct["pneumonia"] >= threshold).tolist()
+
+
+def test_model_card_in_a_real_browser(runs, tmp_path: Path):
+    from mlflow import MlflowClient
+
+    import run
+    from cxr.lifecycle.model_card import SECTIONS
+    from tests.browser import inspect_page, keep_on_failure
+
+    card = tmp_path / "card.html"
+    assert run.main(["card", "--name", "cxr-test", "--version", "2", "--out", str(card)]) == 0
+    use_stack_tracking()
+    client = MlflowClient()
+    version = client.get_model_version("cxr-test", "2")
+    logged = client.download_artifacts(version.run_id, "model_card.html", str(tmp_path / "logged"))
+    assert Path(logged).read_text() == card.read_text(), "the CLI and the step draw the same card"
+    metrics = client.get_run(version.run_id).data.metrics
+    shot = tmp_path / "model_card_training_pipeline.png"
+    shown = inspect_page(card, shot)
+    try:
+        assert shown["errors"] == [] and shown["remote"] == []
+        assert shown["sections"] == list(SECTIONS)
+        assert {i["id"] for i in shown["images"]} == {"reliability", "gallery"}
+        assert all(i["complete"] and i["width"] > 100 and i["height"] > 100 for i in shown["images"]), shown["images"]
+        assert len(shown["metrics"]) > 20 and "trust/val_mean_auc_low" in shown["metrics"]
+        for key, text in shown["metrics"].items():
+            assert text == f"{metrics[key]:.4f}", key
+        assert shown["title"] == "Model card: cxr-test version 2"
+    except AssertionError:
+        keep_on_failure(shot, True)
+        raise
 
 
 def test_info_prints_the_stack_tracking_uri_and_latest_run(runs, capsys):

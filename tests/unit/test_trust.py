@@ -95,7 +95,8 @@ def test_report_tables_per_set(fitted):
     assert report.subgroups["group"].tolist() == ["F", "M"] and report.subgroups["n"].tolist() == [20, 20]
     assert len(report.warnings) == 2 and "sex=F" in report.warnings[0]
     metrics = trust_metrics(report)
-    assert {"val_before_ece", "val_after_ece", "val_mean_auc_low", "val_mean_auc_high"} <= set(metrics)
+    assert {"trust/val_before_ece", "trust/val_after_ece", "trust/val_mean_auc_low",
+            "trust/val_mean_auc_high"} <= set(metrics)
     y, before, after = pooled_curves(calibrated, {"val": (val, fitted["raw"])})["val"]
     assert len(y) == 40 and np.array_equal(before, fitted["raw"][:, 0]) and not np.allclose(before, after)
 
