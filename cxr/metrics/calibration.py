@@ -12,9 +12,8 @@ from typing import Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 
 from cxr.registry import Registry
 
@@ -43,20 +42,28 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def soft_targets(y: np.ndarray) -> np.ndarray:
+    """Platt's (1999) targets: (N+ + 1) / (N+ + 2) for positives, 1 / (N- + 2) for negatives. On a
+    small, perfectly separated fit set 0/1 targets drive the fit to infinitely sharp scores."""
+    positives = float(y.sum())
+    return np.where(y > 0.5, (positives + 1) / (positives + 2), 1 / (len(y) - positives + 2))
+
+
+def log_loss(z: np.ndarray, targets: np.ndarray) -> float:
+    """Mean binary cross-entropy of logits ``z`` against soft ``targets`` (numerically stable)."""
+    return float(np.mean(np.logaddexp(0.0, z) - targets * z))
+
+
 @CALIBRATORS.register("temperature")
 class TemperatureScaling:
-    """``sigmoid(logit(p) / T)`` with T > 0 minimising the log loss (Guo et al. 2017): one
-    parameter, monotone, so AUC and every ranking stay as they were."""
+    """``sigmoid(logit(p) / T)`` with T > 0 minimising the log loss against Platt's targets (Guo
+    et al. 2017): one parameter, monotone, so AUC and every ranking stay as they were."""
 
     @staticmethod
     def fit(y: np.ndarray, p: np.ndarray) -> dict:
-        z = logit(p)
-
-        def nll(log_t: float) -> float:
-            q = np.clip(sigmoid(z / np.exp(log_t)), EPS, 1 - EPS)
-            return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
-
-        best = minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded")
+        z, targets = logit(p), soft_targets(y)
+        best = minimize_scalar(lambda log_t: log_loss(z / np.exp(log_t), targets), bounds=(-4.0, 4.0),
+                               method="bounded")
         return {"temperature": float(np.exp(best.x))}
 
     @staticmethod
@@ -66,13 +73,14 @@ class TemperatureScaling:
 
 @CALIBRATORS.register("platt")
 class PlattScaling:
-    """``sigmoid(a logit(p) + b)`` by logistic regression on the logit (Platt 1999): monotone
-    when a > 0, and corrects a shifted base rate as well as over-confidence."""
+    """``sigmoid(a logit(p) + b)`` fitted on the logit against Platt's targets (Platt 1999):
+    monotone when a > 0, and corrects a shifted base rate as well as over-confidence."""
 
     @staticmethod
     def fit(y: np.ndarray, p: np.ndarray) -> dict:
-        model = LogisticRegression(C=1e4).fit(logit(p)[:, None], y)
-        return {"a": float(model.coef_[0, 0]), "b": float(model.intercept_[0])}
+        z, targets = logit(p), soft_targets(y)
+        best = minimize(lambda ab: log_loss(ab[0] * z + ab[1], targets), x0=np.array([1.0, 0.0]), method="L-BFGS-B")
+        return {"a": float(best.x[0]), "b": float(best.x[1])}
 
     @staticmethod
     def apply(p: np.ndarray, params: dict) -> np.ndarray:

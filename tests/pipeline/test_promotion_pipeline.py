@@ -194,3 +194,28 @@ def test_batch_predict_serves_the_pinned_version_with_its_views(pinned_inference
     assert np.abs(written - single.to_numpy()).max() > 1e-4, "single-view predictions: the views were ignored"
     summary = output(pinned_inference["run"], "batch_predict", "inference_summary")
     assert (summary["model_uri"], summary["rows"], summary["views"]) == (f"models:/{NAME}/1", 6, ["original", "hflip"])
+
+
+def test_batch_inference_at_an_operating_point_equals_the_served_model(pinned_inference, tmp_path: Path):
+    import mlflow
+
+    from mlflow import MlflowClient
+
+    folder = Path(pinned_inference["paths"][0]).parent
+    config = write_yaml(tmp_path / "infer.yaml", {"parameters": {
+        "data": {"source": "images", "path": str(folder), "label_names": ["pneumonia"]},
+        "registered_model_name": NAME, "operating_point": "sensitivity", "output_path": str(tmp_path / "at.csv")}})
+    run = run_and_fetch("infer", config, "promotion-infer-sensitivity")
+    written = pd.read_csv(tmp_path / "at.csv", dtype={"id": str}).set_index("id")
+    use_stack_tracking()
+    champion = MlflowClient().get_model_version_by_alias(NAME, "champion")
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(
+        pd.DataFrame({"path": pinned_inference["paths"], "id": pinned_inference["ids"]}),
+        params={"operating_point": "sensitivity"}).set_index("id").loc[written.index]
+    np.testing.assert_allclose(written["pneumonia"], served["pneumonia"], atol=1e-5)
+    assert written["pneumonia_positive"].tolist() == served["pneumonia_positive"].tolist()
+    threshold = float(champion.tags["operating_point.sensitivity.pneumonia"])
+    assert written["pneumonia_positive"].tolist() == (written["pneumonia"] >= threshold - 1e-6).tolist()
+    summary = output(run, "batch_predict", "inference_summary")
+    assert summary["operating_point"] == "sensitivity"
+    assert summary["positives"] == {"pneumonia_positive": int(written["pneumonia_positive"].sum())}

@@ -214,3 +214,12 @@ class TestSubgroups:
     def test_no_attribute_columns_gives_an_empty_table(self):
         table = subgroup_table(pd.DataFrame({"id": ["a"]}), np.ones((1, 1)), np.ones((1, 1)), ["x"], {"x": 0.5})
         assert table.empty and "auc" in table.columns
+
+
+def test_a_perfectly_separated_small_fit_set_does_not_saturate_the_scores():
+    y = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1], float)[:, None]
+    p = np.array([0.1, 0.2, 0.2, 0.3, 0.35, 0.4, 0.6, 0.65, 0.7, 0.8, 0.8, 0.9])[:, None]
+    for method in ("temperature", "platt"):
+        q = apply_calibration(p, fit_calibration(y, p, ["x"], method), ["x"])
+        assert 0.02 < q.min() and q.max() < 0.98, method
+        assert np.argsort(q[:, 0], kind="stable").tolist() == np.argsort(p[:, 0], kind="stable").tolist()
