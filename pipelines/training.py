@@ -168,7 +168,7 @@ def training_pipeline(
         decision = promote_model(model_version=model_version, images=images,
                                  registered_model_name=registered_model_name, cfg=promotion,
                                  holdout_images=external_images.get(promotion.holdout))
-    knobs = {"model": model.model_dump(), "train": train.model_dump(), "tta_views": list(tta_views),
+    knobs = {"train": train.model_dump(), "tta_views": list(tta_views),
              "ssl": ssl.model_dump() if ssl else None, "cft": cft.model_dump() if cft else None,
              "adapt": adapt.model_dump() if adapt else None, "split": split.model_dump(),
              "operating_points": operating_points.model_dump()}

@@ -83,7 +83,7 @@ def training_summary(images: ImageSet, source: Mapping[str, Any]) -> dict:
                         "positives": {label: int(part.labels[part.mask[:, j], j].sum())
                                       for j, label in enumerate(images.label_names)}}
     return {"splits": splits, "label_names": list(images.label_names), "content_hash": images.content_hash(),
-            "source": dict(source)}
+            "source": {k: v for k, v in source.items() if v not in (None, "", [], {})}}
 
 
 def _table(frame: pd.DataFrame | None, digits: int = 4) -> dict | None:

@@ -21,7 +21,6 @@ from cxr.registry import Registry
 
 OPERATING_POINTS = Registry("operating point")
 OperatingPointName = OPERATING_POINTS.choice()
-RATES = ("sensitivity", "specificity", "ppv", "npv")
 
 
 class OperatingPointConfig(BaseModel):
@@ -84,12 +83,23 @@ def fit_operating_points(y: np.ndarray, p: np.ndarray, label_names: Sequence[str
             "thresholds": thresholds}
 
 
+RATE_CELLS = {"sensitivity": ("tp", "fn"), "specificity": ("tn", "fp"), "ppv": ("tp", "fp"), "npv": ("tn", "fn")}
+
+
+def confusion_cells(y: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
+    """Per row, whether it is a true/false positive/negative (bool arrays ``tp``, ``fp``, ``fn``, ``tn``)."""
+    truth, positive = np.asarray(y) == 1, np.asarray(positive, bool)
+    return {"tp": positive & truth, "fp": positive & ~truth, "fn": ~positive & truth, "tn": ~positive & ~truth}
+
+
+def _ratio(hit: int, miss: int) -> float:
+    return hit / (hit + miss) if hit + miss else float("nan")
+
+
 def rates(y: np.ndarray, positive: np.ndarray) -> dict[str, float]:
     """Sensitivity, specificity, PPV and NPV of binary decisions (NaN where undefined)."""
-    tp, fp = np.sum(positive & (y == 1)), np.sum(positive & (y == 0))
-    fn, tn = np.sum(~positive & (y == 1)), np.sum(~positive & (y == 0))
-    ratio = (lambda a, b: a / (a + b) if a + b else np.nan)
-    return {"sensitivity": ratio(tp, fn), "specificity": ratio(tn, fp), "ppv": ratio(tp, fp), "npv": ratio(tn, fn)}
+    cells = {k: int(v.sum()) for k, v in confusion_cells(y, positive).items()}
+    return {rate: _ratio(cells[a], cells[b]) for rate, (a, b) in RATE_CELLS.items()}
 
 
 def operating_point_table(y: np.ndarray, p: np.ndarray, label_names: Sequence[str], points: dict,
@@ -105,7 +115,9 @@ def operating_point_table(y: np.ndarray, p: np.ndarray, label_names: Sequence[st
             if not len(yj):
                 continue
             t = by_label[name]
-            stats = {rate: (lambda rows, rate=rate: rates(yj[rows], pj[rows] >= t)[rate]) for rate in RATES}
+            cells = confusion_cells(yj, pj >= t)
+            stats = {rate: (lambda rows, a=a, b=b: _ratio(int(cells[a][rows].sum()), int(cells[b][rows].sum())))
+                     for rate, (a, b) in RATE_CELLS.items()}
             intervals = bootstrap_intervals(stats, groups[keep], cfg.n_bootstrap, cfg.confidence, cfg.seed)
             row = {"operating_point": point, "label": name, "threshold": t, "n": len(yj), "n_positive": int(yj.sum())}
             for rate, (value, low, high) in intervals.items():

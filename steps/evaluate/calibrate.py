@@ -64,8 +64,9 @@ def calibrate(checkpoint: Checkpoint, images: ImageSet, val_predictions: pd.Data
         mlflow.log_text(getattr(report, key).to_csv(index=False), f"trust/{key}.csv")
     diagram = reliability_diagrams(pooled_curves(calibrated, scored))
     mlflow.log_image(diagram, artifact_file="plots/reliability.png")
-    for line in report.warnings:
-        logger.warning(line)
+    if report.warnings:
+        logger.warning("%d subgroup rows are too small to judge (under 10 positives or negatives; flagged in "
+                       "trust/subgroups.csv), e.g.\n  %s", len(report.warnings), "\n  ".join(report.warnings[:3]))
     means = report.calibration[report.calibration["label"] == "mean"]
     logger.info("calibration (%s fitted on %s):\n%s", calibration.method if calibration else "none", fit_on,
                 means.round(4).to_string(index=False))

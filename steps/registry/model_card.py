@@ -47,10 +47,11 @@ def registered_card(name: str, version: int) -> str:
     model = served_model(f"models:/{name}/{version}")
     first = next(iter(model.members.values())) if isinstance(model, EnsembleModel) else model
     with tempfile.TemporaryDirectory() as folder:
-        files = {key: _artifact(record.run_id, path, folder) for key, path in {**TABLES, **IMAGES, **RECORDS}.items()}
-        tables = {key: pd.read_csv(files[key]) if files[key] else None for key in TABLES}
-        images = {key: files[key].read_bytes() if files[key] else None for key in IMAGES}
-        records = {key: json.loads(files[key].read_text()) if files[key] else None for key in RECORDS}
+        files = {kind: {key: _artifact(record.run_id, path, folder) for key, path in paths.items()}
+                 for kind, paths in (("tables", TABLES), ("images", IMAGES), ("records", RECORDS))}
+        tables = {key: pd.read_csv(path) if path else None for key, path in files["tables"].items()}
+        images = {key: path.read_bytes() if path else None for key, path in files["images"].items()}
+        records = {key: json.loads(path.read_text()) if path else None for key, path in files["records"].items()}
     return render_model_card(card_context(
         name, int(version), sorted(record.aliases), record.tags, run.data.metrics, first.meta.model_dump(),
         list(model.members) if isinstance(model, EnsembleModel) else [], records["data"], records["knobs"],
