@@ -20,6 +20,7 @@ from cxr.registry import Registry
 CALIBRATORS = Registry("calibrator")
 CalibratorName = CALIBRATORS.choice()
 EPS = 1e-6
+MIN_SLOPE = 1e-3
 
 
 class CalibrationConfig(BaseModel):
@@ -74,12 +75,15 @@ class TemperatureScaling:
 @CALIBRATORS.register("platt")
 class PlattScaling:
     """``sigmoid(a logit(p) + b)`` fitted on the logit against Platt's targets (Platt 1999):
-    monotone when a > 0, and corrects a shifted base rate as well as over-confidence."""
+    corrects a shifted base rate as well as over-confidence. The slope is held positive: a
+    negative one would reverse a label that ranks its fit set backwards, learning the ranking
+    from the labels calibration is fitted on (and flattering any AUC measured there)."""
 
     @staticmethod
     def fit(y: np.ndarray, p: np.ndarray) -> dict:
         z, targets = logit(p), soft_targets(y)
-        best = minimize(lambda ab: log_loss(ab[0] * z + ab[1], targets), x0=np.array([1.0, 0.0]), method="L-BFGS-B")
+        best = minimize(lambda ab: log_loss(ab[0] * z + ab[1], targets), x0=np.array([1.0, 0.0]), method="L-BFGS-B",
+                        bounds=[(MIN_SLOPE, None), (None, None)])
         return {"a": float(best.x[0]), "b": float(best.x[1])}
 
     @staticmethod

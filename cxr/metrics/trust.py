@@ -48,11 +48,14 @@ def calibrated_checkpoint(checkpoint: Checkpoint, part: ImageSet, raw: np.ndarra
     return Checkpoint(checkpoint.state_dict, meta)
 
 
-def _mean_over_labels(score, y: np.ndarray, p: np.ndarray, mask: np.ndarray, rows: np.ndarray) -> float:
+def _mean_over_labels(score, y: np.ndarray, p: np.ndarray, mask: np.ndarray, rows: np.ndarray,
+                      both_classes: bool = True) -> float:
+    """Mean of ``score`` over labels with known values in ``rows`` (with both classes, for
+    ranking metrics; ECE and Brier are defined on one class too, as in the calibration table)."""
     values = []
     for j in range(y.shape[1]):
         yj, pj = known_column(y[rows], p[rows], mask[rows], j)
-        if len(np.unique(yj)) == 2:
+        if len(np.unique(yj)) == 2 or (not both_classes and len(yj)):
             values.append(score(yj, pj))
     return float(np.mean(values)) if values else float("nan")
 
@@ -64,8 +67,10 @@ def headline_intervals(y: np.ndarray, p: np.ndarray, mask: np.ndarray, groups, c
     statistics = {
         "mean_auc": lambda rows: mean_auc(y[rows], p[rows], mask[rows]),
         "mean_average_precision": lambda rows: _mean_over_labels(average_precision_score, y, p, mask, rows),
-        "mean_ece": lambda rows: _mean_over_labels(lambda a, b: calibration_errors(a, b, n_bins)["ece"], y, p, mask, rows),
-        "mean_brier": lambda rows: _mean_over_labels(lambda a, b: float(np.mean((b - a) ** 2)), y, p, mask, rows),
+        "mean_ece": lambda rows: _mean_over_labels(lambda a, b: calibration_errors(a, b, n_bins)["ece"], y, p, mask,
+                                                   rows, both_classes=False),
+        "mean_brier": lambda rows: _mean_over_labels(lambda a, b: float(np.mean((b - a) ** 2)), y, p, mask, rows,
+                                                     both_classes=False),
     }
     return interval_frame(bootstrap_intervals(statistics, list(groups), cfg.n_bootstrap, cfg.confidence, cfg.seed))
 

@@ -223,3 +223,14 @@ def test_a_perfectly_separated_small_fit_set_does_not_saturate_the_scores():
         q = apply_calibration(p, fit_calibration(y, p, ["x"], method), ["x"])
         assert 0.02 < q.min() and q.max() < 0.98, method
         assert np.argsort(q[:, 0], kind="stable").tolist() == np.argsort(p[:, 0], kind="stable").tolist()
+
+
+@pytest.mark.parametrize("method", ["temperature", "platt", "isotonic"])
+def test_a_label_ranked_backwards_is_never_reversed(method: str):
+    y, p = overconfident(2000, 11, sharpness=1.0)
+    backwards = 1 - p
+    q = apply_calibration(backwards, fit_calibration(y, backwards, ["x"], method), ["x"])
+    after, before = roc_auc_score(y[:, 0], q[:, 0]), roc_auc_score(y[:, 0], backwards[:, 0])
+    assert before < 0.45 and after <= 0.5 + 1e-9, "calibration must not learn the ranking from its fit labels"
+    if method != "isotonic":  # isotonic may only pool (tie) scores, never reorder them
+        assert after == pytest.approx(before, abs=1e-12)
