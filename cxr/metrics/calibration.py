@@ -28,7 +28,9 @@ class CalibrationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: CalibratorName = "temperature"
+    method: CalibratorName = Field("platt", description="platt (default: on the Kermany proxy it gave the lowest "
+                                   "Brier and adaptive ECE, and only it corrects the base rate a pos_weight loss "
+                                   "shifts), temperature or isotonic")
     fit_on: str = Field("val", pattern="^(val|proxy)$", description="labelled split the calibrator is fitted "
                         "on: val, or proxy (needs split.proxy)")
     n_bins: int = Field(15, ge=2, le=100, description="bins of ECE, adaptive ECE, MCE and the reliability diagram")
@@ -111,7 +113,7 @@ def known_column(y: np.ndarray, p: np.ndarray, mask: np.ndarray | None, j: int) 
     return (y[keep, j] > 0.5).astype(np.float64), np.asarray(p[keep, j], np.float64)
 
 
-def fit_calibration(y: np.ndarray, p: np.ndarray, label_names: Sequence[str], method: str = "temperature",
+def fit_calibration(y: np.ndarray, p: np.ndarray, label_names: Sequence[str], method: str = "platt",
                     mask: np.ndarray | None = None, fit_on: str = "val") -> dict:
     """One ``method`` calibrator per label on its known labels; a label with one known class
     keeps its scores (params None) with a warning, since nothing there says how to move them."""
