@@ -23,7 +23,7 @@ def gradcam_maps(checkpoint: Checkpoint, image: np.ndarray, labels: list[int], d
     (the heads pool it); token backbones (ViTs) would need a reshape and are refused.
     """
     device = resolve_device(device)
-    model = checkpoint.build_model().to(device)
+    model = checkpoint.build_model().to(device).requires_grad_(True)  # a frozen backbone has no gradients
     x = to_input(image[None], checkpoint.meta.mean, checkpoint.meta.std, device)
     with torch.no_grad():
         features = model.backbone(x)

@@ -4,6 +4,7 @@ import subprocess
 from pathlib import Path
 from typing import Annotated, Optional
 
+import mlflow
 from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 
@@ -64,6 +65,8 @@ def register_served(model: ServedModel, val_metrics: dict, name: str, tags: dict
     metrics, labels and this ZenML run, with the record of ``images``' train split; returns the version."""
     run = get_step_context().pipeline_run
     tags = tags | {f"val_{k}": f"{v:.6f}" for k, v in val_metrics.items()}
+    # logged again by this (uncached) step, since a cached evaluate logs nothing to this run
+    mlflow.log_metrics({k: float(v) for k, v in tags.items() if k.startswith(("val_", "proxy_"))})
     tags |= {"zenml_run_id": str(run.id), "zenml_run_name": run.name, "labels": ",".join(served_labels(model)),
              "code_version": code_version()}
     train = [] if images is None else images.split("train").manifest["path"].tolist()
