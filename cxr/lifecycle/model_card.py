@@ -110,10 +110,12 @@ def interval_rows(intervals: pd.DataFrame | None) -> list[dict]:
 
 
 def failure_notes(intervals: pd.DataFrame | None, subgroups: pd.DataFrame | None,
-                  robustness: pd.DataFrame | None) -> list[str]:
-    """Where the evidence says the model does worse: the AUC lost from val to each held-out
-    set, its worst corruption, its weakest well-sized subgroup and the subgroups too small to judge."""
-    notes = []
+                  robustness: pd.DataFrame | None, metrics: Mapping[str, float] | None = None) -> list[str]:
+    """Where the evidence says the model does worse: labels it ranks no better than chance on
+    val, the AUC lost from val to each held-out set, its worst corruption, its weakest
+    well-sized subgroup and the subgroups too small to judge."""
+    notes = [f"{key.removeprefix('val_auc_')}: val AUC {value:.4f}, no better than chance: do not use its score"
+             for key, value in sorted((metrics or {}).items()) if key.startswith("val_auc_") and value <= 0.5]
     if intervals is not None and not intervals.empty:
         auc = intervals[intervals["metric"] == "mean_auc"].set_index("set")["value"]
         for name in [n for n in auc.index if n != "val" and "val" in auc.index]:
@@ -161,7 +163,8 @@ def card_context(name: str, version: int, aliases: list[str], tags: Mapping[str,
         "subgroups": _table(tables.get("subgroups")), "robustness": _table(tables.get("robustness")),
         "robustness_summary": {k.removeprefix("robustness/"): v for k, v in metrics.items()
                                if k.startswith("robustness/")},
-        "failures": failure_notes(tables.get("intervals"), _with_set(tables.get("subgroups")), tables.get("robustness")),
+        "failures": failure_notes(tables.get("intervals"), _with_set(tables.get("subgroups")), tables.get("robustness"),
+                                  metrics),
         "promotion": promotion,
         "images": {k: data_uri(v) for k, v in images.items() if v},
         "code": {"commit": tags.get("code_version", "not recorded"), "zenml_run": tags.get("zenml_run_name", ""),

@@ -35,7 +35,8 @@ def card(tmp_path_factory) -> dict:
     raw = predict_imageset(plain, val, SINGLE_VIEW)["opacity"].to_numpy()[:, None]
     checkpoint = calibrated_checkpoint(plain, val, raw, CalibrationConfig(), POINTS)
     report = trust_report(checkpoint, {"val": (val, raw)}, POINTS)
-    metrics = trust_metrics(report) | {"val_mean_auc": 0.61234, "robustness/mean_corruption_auc": 0.55}
+    metrics = trust_metrics(report) | {"val_mean_auc": 0.61234, "robustness/mean_corruption_auc": 0.55,
+                                       "val_auc_opacity": 0.42, "val_auc_other": 0.7}
     gallery = error_gallery(checkpoint, val, raw, count=3, device="cpu")
     robustness = pd.DataFrame({"corruption": ["none", "blur", "blur", "noise"], "severity": [0, 1, 2, 1],
                                "auc": [0.6, 0.5, 0.4, 0.58]})
@@ -81,6 +82,7 @@ def test_text_is_escaped_and_ids_stay_out(card):
 def test_failure_notes_name_the_worst_corruption_and_small_subgroups(card):
     assert "weakest under blur (mean AUC 0.4500" in card["html"]
     assert "subgroup rows have under 10 positives or negatives" in card["html"]
+    assert "opacity: val AUC 0.4200, no better than chance" in card["html"] and "other: val AUC" not in card["html"]
 
 
 def test_confident_errors_pick_the_highest_scored_negatives_and_lowest_positives():
