@@ -14,11 +14,11 @@ ARTIFACTS = Path(os.environ.get("CXR_TEST_ARTIFACTS", "outputs/test-artifacts"))
 
 
 def chromium() -> str:
-    """The system Chromium, or skip (``.ci/run`` installs it with apt-get where it can)."""
+    """The system Chromium; its absence fails the test, never skips it (``.ci/run`` installs it)."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
             return shutil.which(name)
-    pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    pytest.fail("no Chromium on this machine: apt-get install chromium (.ci/run does)")
 
 
 def inspect_page(path: Path, screenshot: Path) -> dict:

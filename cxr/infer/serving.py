@@ -14,7 +14,7 @@ from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
 from cxr.infer.ensemble import EnsembleModel
 from cxr.infer.guardrails import flagged_predictions, guard, guardrail_config
 from cxr.infer.tta import SINGLE_VIEW, predict_imageset
-from cxr.metrics.operating_points import positive_columns
+from cxr.metrics.operating_points import check_point, positive_columns
 from cxr.models.checkpoint import Checkpoint
 
 
@@ -53,7 +53,7 @@ def predict_files(model: ServedModel, paths: Sequence[str], ids: Sequence[str] |
     ``cxr.infer.guardrails``), and with ``operating_point`` one ``<label>_positive`` per label."""
     points = served_operating_points(model)
     if operating_point:
-        positive_columns(pd.DataFrame(columns=served_labels(model)), points, operating_point, served_labels(model))
+        check_point(points, operating_point)  # before any decoding
     if isinstance(model, EnsembleModel):
         predictions = predict_ensemble_files(model, paths, ids, views, batch_size, device, guardrails)
     else:

@@ -126,12 +126,17 @@ def operating_point_table(y: np.ndarray, p: np.ndarray, label_names: Sequence[st
     return pd.DataFrame(rows)
 
 
-def positive_columns(predictions: pd.DataFrame, points: dict, point: str, label_names: Sequence[str]) -> pd.DataFrame:
-    """``predictions`` with ``<label>_positive`` (True/False, missing where the score is) at ``point``."""
+def check_point(points: dict, point: str) -> None:
+    """Raise a ValueError unless ``points`` (a model's operating points) holds ``point``."""
     if not points:
         raise ValueError("this model carries no operating points (it was registered before they were fitted)")
     if point not in points["thresholds"]:
         raise ValueError(f"unknown operating point {point!r}; this model has {sorted(points['thresholds'])}")
+
+
+def positive_columns(predictions: pd.DataFrame, points: dict, point: str, label_names: Sequence[str]) -> pd.DataFrame:
+    """``predictions`` with ``<label>_positive`` (True/False, missing where the score is) at ``point``."""
+    check_point(points, point)
     out = predictions.copy()
     for name in label_names:
         score = out[name]
