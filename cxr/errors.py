@@ -10,3 +10,7 @@ def list_problems(problems: list[str], limit: int = 20) -> str:
     shown = "\n  ".join(problems[:limit])
     more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
     return f"\n  {shown}{more}"
+
+
+class RequestError(ValueError):
+    """A malformed prediction request: one line for the client, which never repeats its data."""

@@ -8,6 +8,7 @@ go through ``cxr.data.dicom``, which applies their own rescale, window and polar
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -66,17 +67,33 @@ def is_dicom_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(path)
 
 
-def decode_source(path: str | Path, dicom: DicomConfig = DicomConfig()) -> tuple[np.ndarray, float]:
+def decode_source(path: str | Path, dicom: DicomConfig = DicomConfig(),
+                  name: str | None = None) -> tuple[np.ndarray, float]:
     """An image or DICOM file as uint8 (H, W) plus its colourfulness before gray conversion;
-    DataError naming the file if it cannot be read."""
+    DataError naming the file (or ``name``) if it is missing or cannot be read."""
+    name = name or str(path)
+    if not Path(path).is_file():
+        raise DataError(f"no such image file: {name}")
     if is_dicom_file(path):
-        return decode_dicom(path, dicom), 0.0
-    data = np.fromfile(str(path), dtype=np.uint8)
+        return decode_dicom(path, dicom, name), 0.0
+    return decode_raster(np.fromfile(str(path), dtype=np.uint8), name)
+
+
+def decode_bytes(data: bytes, name: str, dicom: DicomConfig = DicomConfig()) -> tuple[np.ndarray, float]:
+    """An encoded image or DICOM file's bytes (e.g. sent to the server) as ``decode_source``
+    returns them; DataError naming ``name`` (never the bytes) if they cannot be decoded."""
+    if data[128:132] == b"DICM":
+        return decode_dicom(io.BytesIO(data), dicom, name), 0.0
+    return decode_raster(np.frombuffer(data, dtype=np.uint8), name)
+
+
+def decode_raster(data: np.ndarray, name: str) -> tuple[np.ndarray, float]:
+    """PNG/JPEG/TIFF/BMP bytes (8 or 16 bit, any channels) as uint8 gray plus colourfulness."""
     if data.size == 0:
-        raise DataError(f"zero-byte image file: {path}")
+        raise DataError(f"zero-byte image file: {name}")
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
-        raise DataError(f"corrupt or unreadable image file: {path}")
+        raise DataError(f"corrupt or unreadable image file: {name}")
     return to_gray(to_uint8(image)), colourfulness(image)
 
 

@@ -18,6 +18,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -28,6 +29,7 @@ from cxr.errors import DataError
 from cxr.registry import Registry
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+DicomSource = str | Path | BinaryIO
 SALT_ENV = "CXR_ID_SALT"
 WHITELISTED_TAGS = dict(zip(("ViewPosition", "Modality", "PatientSex", "PatientAge", "Manufacturer"), HEADER_COLUMNS))
 _AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
@@ -60,14 +62,14 @@ def is_dicom(path: str | Path) -> bool:
     return head[128:132] == b"DICM"
 
 
-def _read(path: str | Path, **kwargs):
+def _read(source: DicomSource, name: str | None = None, **kwargs):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(str(path), **kwargs)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as error:
-        raise DataError(f"corrupt or unreadable DICOM file: {path} ({type(error).__name__})") from error
+        return pydicom.dcmread(source if hasattr(source, "read") else str(source), **kwargs)
+    except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError) as error:
+        raise DataError(f"corrupt or unreadable DICOM file: {name or source} ({type(error).__name__})") from error
 
 
 @MULTIFRAME_POLICIES.register("refuse")
@@ -154,11 +156,13 @@ def voi_none(values: np.ndarray, ds) -> np.ndarray:
     return _minmax(values)
 
 
-def decode_dicom(path: str | Path, cfg: DicomConfig = DicomConfig()) -> np.ndarray:
-    """One DICOM radiograph as uint8 (H, W), bone bright; DataError naming the file if it cannot be."""
+def decode_dicom(source: DicomSource, cfg: DicomConfig = DicomConfig(), name: str | None = None) -> np.ndarray:
+    """One DICOM radiograph (a file, or an open binary stream) as uint8 (H, W), bone bright;
+    DataError naming it (``name``, else the path) if it cannot be."""
     from pydicom.pixels import apply_modality_lut
 
-    ds = _read(path)
+    path = name or str(source)
+    ds = _read(source, path)
     if "PixelData" not in ds:
         raise DataError(f"{path} is a DICOM file without pixel data")
     stored = _stored_pixels(ds, path, cfg)

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from cxr.data.decode import ResizePolicy, decode_source, resize_square
+from cxr.data.decode import ResizePolicy, decode_bytes, decode_source, resize_square
 from cxr.data.dicom import DicomConfig
-from cxr.data.imageset import SOURCE_COLUMNS, ImageSet
+from cxr.data.imageset import SOURCE_COLUMNS, ImageSet, make_manifest
 from cxr.errors import DataError, list_problems
 from cxr.features.clahe import apply_clahe
+
+
+ImageSource = str | bytes  # a file path, or an encoded image or DICOM file's bytes
 
 
 class PreprocessConfig(BaseModel):
@@ -66,20 +70,19 @@ def _load(path: str, cfg: PreprocessConfig) -> tuple[np.ndarray, tuple] | str:
         return str(err)
 
 
-def preprocess_imageset(imageset: ImageSet, cfg: PreprocessConfig,
-                        progress: bool = True) -> ImageSet:
-    """Decode (or take already decoded) images, resize and equalise them into one array.
+def _load_source(source: ImageSource, name: str, cfg: PreprocessConfig) -> tuple[np.ndarray, tuple] | str:
+    """``_load`` for a path or an encoded file's bytes, errors naming ``name`` instead of the source."""
+    try:
+        image, colour = (decode_bytes(source, name, cfg.dicom) if isinstance(source, bytes)
+                         else decode_source(source, cfg.dicom, name))
+        return _prepared(image, cfg, colour)
+    except DataError as err:
+        return str(err)
 
-    Unreadable files raise one DataError listing them all, unless ``cfg.skip_corrupt``:
-    then they are dropped from the set and recorded in ``ImageSet.skipped``.
-    """
-    n = len(imageset)
-    if imageset.images is not None:
-        sources = list(imageset.images)
-        work = lambda i: _prepared(sources[i], cfg)  # noqa: E731
-    else:
-        paths = imageset.manifest["path"].tolist()
-        work = lambda i: _load(paths[i], cfg)  # noqa: E731
+
+def _prepare_all(work, n: int, cfg: PreprocessConfig, progress: bool):
+    """Run ``work(i)`` for every row in a thread pool (OpenCV single-threaded inside): the images,
+    their source stats and the (row, message) of each row that failed."""
     workers = cfg.num_workers or os.cpu_count() or 1
     out = np.empty((n, cfg.image_size, cfg.image_size), np.uint8)
     stats = np.zeros((n, len(SOURCE_COLUMNS)), np.float64)
@@ -96,12 +99,43 @@ def preprocess_imageset(imageset: ImageSet, cfg: PreprocessConfig,
                     out[i], stats[i] = result
     finally:
         cv2.setNumThreads(previous_threads)
+    return out, stats, failed
+
+
+def preprocess_imageset(imageset: ImageSet, cfg: PreprocessConfig,
+                        progress: bool = True) -> ImageSet:
+    """Decode (or take already decoded) images, resize and equalise them into one array.
+
+    Unreadable files raise one DataError listing them all, unless ``cfg.skip_corrupt``:
+    then they are dropped from the set and recorded in ``ImageSet.skipped``.
+    """
+    if imageset.images is not None:
+        sources = list(imageset.images)
+        work = lambda i: _prepared(sources[i], cfg)  # noqa: E731
+    else:
+        paths = imageset.manifest["path"].tolist()
+        work = lambda i: _load(paths[i], cfg)  # noqa: E731
+    out, stats, failed = _prepare_all(work, len(imageset), cfg, progress)
     if failed and not cfg.skip_corrupt:
         raise DataError(f"{len(failed)} image(s) could not be decoded (set skip_corrupt to leave "
                         "them out):" + list_problems([msg for _, msg in failed]))
     imageset = imageset.with_source_stats(stats)
     if not failed:
         return imageset.with_images(out)
-    keep = np.setdiff1d(np.arange(n), [i for i, _ in failed])
+    keep = np.setdiff1d(np.arange(len(imageset)), [i for i, _ in failed])
     skipped = [{"path": imageset.manifest["path"].iloc[i], "reason": msg} for i, msg in failed]
     return imageset.with_images(out[keep], keep=keep, skipped=skipped)
+
+
+def preprocess_sources(sources: Sequence[ImageSource], names: Sequence[str], ids: Sequence[str],
+                       cfg: PreprocessConfig) -> tuple[ImageSet, dict[int, str]]:
+    """Decode and prepare one path or encoded file's bytes per row, going on past bad rows (a
+    request's): the unlabelled set of the rows that decoded, in order, and each failed row's error."""
+    out, stats, failed = _prepare_all(lambda i: _load_source(sources[i], names[i], cfg), len(sources), cfg,
+                                      progress=False)
+    errors = dict(failed)
+    keep = np.array([i for i in range(len(sources)) if i not in errors], np.int64)
+    kept_ids = [str(ids[i]) for i in keep]
+    manifest = make_manifest(kept_ids, [names[i] for i in keep])
+    imageset = ImageSet(manifest, (), np.zeros((len(keep), 0), np.float32), np.zeros((len(keep), 0), bool))
+    return imageset.with_source_stats(stats[keep]).with_images(out[keep]), errors

@@ -27,7 +27,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from cxr.data.imageset import ImageSet, file_digest
 from cxr.errors import DataError
 from cxr.infer.ensemble import EnsembleModel, save_ensemble_model
-from cxr.infer.serving import ServedModel, served_labels
+from cxr.infer.serving import ServedModel, example_request, served_labels
 from cxr.infer.tta import SINGLE_VIEW
 from cxr.lifecycle.promotion import PromotionConfig, PromotionDecision, decide
 from cxr.metrics.generalisation import part_labels
@@ -42,14 +42,17 @@ SERVING_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "numpy", "pan
 
 
 def served_signature(label_names: list[str]) -> ModelSignature:
-    """Input ``id`` (optional) and ``path``, output ``id``, one probability per label, the
-    guardrails' ``flag``/``flag_reason`` and, at an operating point, ``<label>_positive``; the
+    """Input ``id``, ``image`` (base64 file bytes) and ``path``, each optional (a row needs an
+    image or a path); output ``id``, one probability per label, the guardrails'
+    ``flag``/``flag_reason``, ``error`` and, at an operating point, ``<label>_positive``; the
     ``views``/``batch_size``/``guardrails``/``operating_point`` params (without a params schema
     MLflow drops them)."""
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "id", required=False), ColSpec("string", "path")]),
+        inputs=Schema([ColSpec("string", "id", required=False), ColSpec("string", "image", required=False),
+                       ColSpec("string", "path", required=False)]),
         outputs=Schema([ColSpec("string", "id"), *(ColSpec("double", n) for n in label_names),
                         ColSpec("boolean", "flag", required=False), ColSpec("string", "flag_reason", required=False),
+                        ColSpec("string", "error", required=False),
                         *(ColSpec("boolean", f"{n}_positive", required=False) for n in label_names)]),
         params=ParamSchema([ParamSpec("views", "string", list(SINGLE_VIEW), shape=(-1,)),
                             ParamSpec("batch_size", "long", 64), ParamSpec("guardrails", "boolean", True),
@@ -70,6 +73,7 @@ def log_served_model(model: ServedModel, name: str, tags: dict[str, str] | None 
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(PYFUNC_FILE), artifacts={"ensemble" if ensemble else "checkpoint": tmp},
             code_paths=[str(CORE_DIR)], registered_model_name=name, signature=served_signature(served_labels(model)),
+            input_example=(example_request(), {"guardrails": True}),
             pip_requirements=[f"{p}=={package_version(p)}" for p in SERVING_PACKAGES])
     version = int(info.registered_model_version)
     client = MlflowClient()

@@ -59,7 +59,7 @@ def test_ensemble_members_trained_alike_share_one_decode(tmp_path: Path, monkeyp
     paths, ids = files(tmp_path, 3)
     members = {"a": random_checkpoint(0), "b": random_checkpoint(1), "c": random_checkpoint(2, image_size=48)}
     decodes = []
-    real = serving.preprocess_files
-    monkeypatch.setattr(serving, "preprocess_files", lambda c, *a: decodes.append(c.meta.image_size) or real(c, *a))
+    real = serving.preprocess_sources
+    monkeypatch.setattr(serving, "preprocess_sources", lambda *a: decodes.append(a[-1].image_size) or real(*a))
     predict_files(EnsembleModel(members, np.full((3, 2), 1 / 3)), paths, ids)
     assert sorted(decodes) == [32, 48]

@@ -123,3 +123,26 @@ def test_registered_pyfunc_equals_the_independent_path(files: list[str], registr
     got = served.predict(pd.DataFrame({"path": files}))
     assert got["id"].tolist() == files
     np.testing.assert_allclose(got[["a", "b"]].to_numpy(), probabilities_by_hand(checkpoint, files), atol=1e-5)
+
+
+def test_registered_pyfunc_takes_base64_bytes_and_logs_a_generated_example(files: list[str], registry):
+    import base64
+    import json
+
+    import mlflow
+
+    from steps.registry.lifecycle import log_served_model
+
+    checkpoint = random_checkpoint(3, SIZE)
+    with mlflow.start_run():
+        version = log_served_model(checkpoint, "cxr-bytes-test")
+    uri = f"models:/cxr-bytes-test/{version}"
+    served = mlflow.pyfunc.load_model(uri)
+    images = [base64.b64encode(Path(p).read_bytes()).decode() for p in files] + ["AAAA"]
+    got = served.predict(pd.DataFrame({"id": [f"i{k}" for k in range(len(images))], "image": images}))
+    np.testing.assert_allclose(got[["a", "b"]].to_numpy()[:-1], probabilities_by_hand(checkpoint, files), atol=1e-5)
+    assert got["error"].tolist() == [""] * len(files) + [f"corrupt or unreadable image file: row {len(files)}"]
+    inputs = {c["name"] for c in served.metadata.get_input_schema().to_dict()}
+    assert inputs == {"id", "image", "path"}
+    example = json.loads(Path(mlflow.artifacts.download_artifacts(f"{uri}/serving_input_example.json")).read_text())
+    assert example["dataframe_split"]["columns"] == ["id", "image"] and example["params"] == {"guardrails": True}
