@@ -8,6 +8,8 @@
     python run.py ensemble [--config configs/ensemble.yaml]  # several backbones -> one registered ensemble
     python run.py rollback [--name cxr-pneumonia]    # champion alias back to the previous champion
     python run.py card [--name cxr-pneumonia] [--version V] [--out CARD.html]  # a version's model card
+    python run.py serve [--name cxr-pneumonia] [--alias champion | --version V] [--port 5001] [--backend onnx]
+    python run.py export --format onnx [--name cxr-pneumonia] [--alias champion | --version V] [--out DIR] [--log]
     python run.py predict IMAGE_OR_FOLDER [--checkpoint DIR | --artifact cft_checkpoint]
                           [--gradcam OUT_DIR --top 3] [--tta] [--csv OUT.csv]
 """
@@ -19,7 +21,8 @@ import subprocess
 import sys
 
 from cxr.lifecycle import DEFAULT_MODEL_NAME
-from pipelines.runner import PIPELINES, info, predict, rollback, run_pipeline, setup_stack, tracking_uri, write_card
+from pipelines.runner import (PIPELINES, export, info, predict, rollback, run_pipeline, serve, setup_stack,
+                              tracking_uri, write_card)
 
 
 def report_rollback(name: str) -> int:
@@ -57,6 +60,27 @@ def main(argv: list[str] | None = None) -> int:
     card.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model name")
     card.add_argument("--version", type=int, help="registered version (default: the champion, else the latest)")
     card.add_argument("--out", help="HTML file to write (default: outputs/model_card_<name>_v<version>.html)")
+    srv = commands.add_parser("serve", help="serve a registered version over HTTP (MLflow's request format)")
+    srv.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model name")
+    which = srv.add_mutually_exclusive_group()
+    which.add_argument("--alias", default="champion", help="serve the version holding this alias")
+    which.add_argument("--version", type=int, help="serve this version")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="interface to bind (default loopback; on a network, put a TLS proxy with auth in front)")
+    srv.add_argument("--port", type=int, default=5001)
+    srv.add_argument("--max-body-mb", type=float, default=64, help="larger request bodies get HTTP 413")
+    srv.add_argument("--max-images", type=int, default=64, help="requests with more rows get HTTP 413")
+    srv.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                     help="run the network in torch, or export it at start and run it on onnxruntime")
+    exp = commands.add_parser("export", help="export a registered version (ONNX, normalisation inside the graph)")
+    exp.add_argument("--format", choices=["onnx"], default="onnx")
+    exp.add_argument("--name", default=DEFAULT_MODEL_NAME, help="registered model name")
+    version_of = exp.add_mutually_exclusive_group()
+    version_of.add_argument("--alias", default="champion", help="export the version holding this alias")
+    version_of.add_argument("--version", type=int, help="export this version")
+    exp.add_argument("--out", help="folder to write (default: outputs/onnx/<name>_v<version>)")
+    exp.add_argument("--static-batch", type=int, metavar="N", help="fix the batch dimension to N (default: dynamic)")
+    exp.add_argument("--log", action="store_true", help="also log the export as the version's onnx/ artifact")
     pred = commands.add_parser("predict", help="per-finding probabilities of an image or folder")
     pred.add_argument("target", help="an image file or a folder of images")
     pred.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + meta.json)")
@@ -82,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         return report_rollback(args.name)
     elif args.command == "card":
         print(f"model card written to {write_card(args.name, args.version, args.out)}")
+    elif args.command == "serve":
+        serve(args.name, args.alias, args.version, args.host, args.port, args.max_body_mb, args.max_images,
+              args.backend)
+    elif args.command == "export":
+        folder = export(args.name, args.alias, args.version, args.out, args.static_batch is None,
+                        args.static_batch or 1, args.log)
+        print(f"ONNX export written to {folder}")
     elif args.command == "predict":
         predict(args.target, args.checkpoint, args.artifact, args.tta, args.gradcam, args.top, args.csv)
     elif args.command == "info":

@@ -139,6 +139,63 @@ def write_card(name: str, version: int | None = None, out: str | None = None) ->
     return path.resolve()
 
 
+def registered(name: str, alias: str = "champion", version: int | None = None):
+    """(version, checkpoint or ensemble) of ``name``'s ``version``, else of the version holding ``alias``."""
+    import mlflow
+
+    from steps.registry.lifecycle import served_model
+
+    setup_stack()
+    mlflow.set_tracking_uri(tracking_uri())
+    if version is None:
+        try:
+            version = int(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+        except mlflow.exceptions.MlflowException:
+            raise ValueError(f"registered model {name!r} has no version with alias {alias!r}") from None
+    return version, served_model(f"models:/{name}/{version}")
+
+
+def export(name: str, alias: str = "champion", version: int | None = None, out: str | None = None,
+           dynamic_batch: bool = True, batch: int = 1, log: bool = False) -> Path:
+    """Export a registered version as ONNX (``cxr.infer.onnx``) into ``out``; with ``log`` also as
+    the version's ``onnx/`` artifact. Returns the folder."""
+    from cxr.infer.onnx import export_model
+
+    version, model = registered(name, alias, version)
+    folder = export_model(model, Path(out or f"outputs/onnx/{name}_v{version}"), dynamic_batch, batch)
+    if log:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        run_id = client.get_model_version(name, str(version)).run_id
+        client.log_artifacts(run_id, str(folder), "onnx")
+        client.set_model_version_tag(name, str(version), "onnx", "onnx/")
+    return folder.resolve()
+
+
+def serve(name: str, alias: str = "champion", version: int | None = None, host: str = "127.0.0.1", port: int = 5001,
+          max_body_mb: float = 64, max_images: int = 64, backend: str = "torch") -> None:
+    """Serve ``name``'s ``version`` (default: the version holding ``alias``) over HTTP until
+    stopped: MLflow's request format on ``/invocations`` (``cxr.infer.http``), images as base64
+    bytes or paths, loopback unless ``host`` says otherwise. ``backend`` onnx runs the networks
+    on onnxruntime, exported at start."""
+    import uvicorn
+
+    from cxr.infer.http import MEGABYTE, create_app
+    from cxr.infer.onnx import export_model, onnx_backed
+    from cxr.infer.serving import predict_request, served_labels
+
+    version, model = registered(name, alias, version)
+    if backend == "onnx":
+        model = onnx_backed(model, export_model(model, Path(tempfile.mkdtemp(prefix="cxr-onnx-"))))
+    info = {"name": name, "version": version, "labels": served_labels(model), "backend": backend,
+            "max_images": max_images, "max_body_bytes": int(max_body_mb * MEGABYTE)}
+    app = create_app(lambda frame, params: predict_request(model, frame, params), info,
+                     int(max_body_mb * MEGABYTE), max_images)
+    print(f"serving {name} version {version} on http://{host}:{port}/invocations", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
+
+
 def load_model(checkpoint_dir: str | None, artifact: str):
     """A checkpoint folder (model.safetensors + meta.json), else the latest ZenML artifact ``artifact``."""
     from cxr.models.checkpoint import load_checkpoint

@@ -129,6 +129,8 @@ def predict_members(model: ServedModel, members: dict[str, Checkpoint], decoded:
         predictions = frames[0]
     if not guardrails:
         return predictions
+    if len(flags) == 1:
+        return flagged_predictions(predictions, flags[0], labels, reject)
     reasons = [";".join(sorted({r for f in row for r in f.split(";") if r})) for row in
                zip(*(f["flag_reason"] for f in flags))]
     union = pd.DataFrame({"id": predictions["id"], "flag": [bool(r) for r in reasons], "flag_reason": reasons})

@@ -88,8 +88,7 @@ def predict_imageset(checkpoint: Checkpoint, imageset: ImageSet, views: Sequence
     if imageset.images.shape[1:] != (size, size):
         raise ValueError(f"images are {imageset.images.shape[1:]} but the model was trained at "
                          f"{size}x{size}: preprocess them with the training settings")
-    model = checkpoint.build_model()
-    probs = predict_proba(model, imageset.images, checkpoint.meta.mean, checkpoint.meta.std,
+    probs = predict_proba(checkpoint.inference_model(), imageset.images, checkpoint.meta.mean, checkpoint.meta.std,
                           batch_size, device, tta_views(views))
     probs = apply_calibration(probs.astype(np.float64), checkpoint.meta.calibration, checkpoint.meta.label_names)
     frame = pd.DataFrame(probs, columns=checkpoint.meta.label_names)

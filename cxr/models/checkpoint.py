@@ -7,7 +7,7 @@ label names, normalisation, epoch, val metrics), which is all needed to rebuild 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -86,6 +86,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     meta: CheckpointMeta
     META = CheckpointMeta
+    _inference: Classifier | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def model_state(self) -> dict[str, torch.Tensor]:
@@ -97,6 +98,14 @@ class Checkpoint:
         model = Classifier(self.meta.model, len(self.meta.label_names), load_weights=False)
         model.load_state_dict(self.model_state)
         return model.eval()
+
+    def inference_model(self) -> Classifier:
+        """``build_model()`` built once and shared by callers that only read it (prediction,
+        features): a server would otherwise rebuild the network on every request, which takes
+        longer than the forward pass itself (ResNet-18: 0.25 s against 0.05 s)."""
+        if self._inference is None:
+            self._inference = self.build_model()
+        return self._inference.eval()
 
     @classmethod
     def from_model(cls, model: Classifier, meta: CheckpointMeta) -> "Checkpoint":

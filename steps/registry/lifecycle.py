@@ -94,10 +94,17 @@ def served_model(model_uri: str) -> ServedModel:
 
 def registry_predictions(name: str, version: str, images: ImageSet) -> pd.DataFrame:
     """Single-view predictions of a registered version on ``images``' files, as it is served,
-    without the guardrail columns (every holdout image is scored, flagged or not)."""
+    without the guardrail and error columns (every holdout image is scored, flagged or not; one
+    that cannot be decoded is a DataError)."""
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    return model.predict(pd.DataFrame({"id": images.ids, "path": images.manifest["path"].tolist()}),
-                         params={"guardrails": False})
+    scored = model.predict(pd.DataFrame({"id": images.ids, "path": images.manifest["path"].tolist()}),
+                           params={"guardrails": False})
+    if "error" not in scored.columns:  # a version logged before served rows carried their errors
+        return scored
+    errors = scored["error"][scored["error"] != ""].tolist()
+    if errors:
+        raise DataError(f"version {version} could not score {len(errors)} holdout image(s): {errors[0]}")
+    return scored.drop(columns="error")
 
 
 def trained_digests(version: ModelVersion) -> set[str] | None:

@@ -219,3 +219,73 @@ def test_batch_inference_at_an_operating_point_equals_the_served_model(pinned_in
     summary = output(run, "batch_predict", "inference_summary")
     assert summary["operating_point"] == "sensitivity"
     assert summary["positives"] == {"pneumonia_positive": int(written["pneumonia_positive"].sum())}
+
+
+@pytest.fixture(scope="module")
+def real_batch(promotion_runs, real_data_dir: Path, tmp_path_factory) -> dict:
+    """Six real Kermany test X-rays through the inference pipeline, version 1 pinned, two views."""
+    folder = tmp_path_factory.mktemp("real-batch")
+    (folder / "scans").mkdir()
+    scans = sorted((real_data_dir / "kermany-pneumonia-224" / "test" / "images").iterdir())[:60:10]
+    for path in scans:
+        shutil.copy(path, folder / "scans")
+    config = write_yaml(folder / "infer.yaml", {"parameters": {
+        "data": {"source": "images", "path": str(folder / "scans"), "label_names": ["pneumonia"]},
+        "registered_model_name": NAME, "version": 1, "views": ["original", "hflip"],
+        "output_path": str(folder / "predictions.csv")}})
+    run_and_fetch("infer", config, "promotion-infer-real")
+    return {"written": pd.read_csv(folder / "predictions.csv", dtype={"id": str}).set_index("id"),
+            "scans": sorted((folder / "scans").iterdir())}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_served_version_scores_real_xray_bytes_as_the_batch_pipeline(real_batch, tmp_path: Path):
+    import base64
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from tests.conftest import REPO_ROOT
+
+    scans = real_batch["scans"]
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "run.py", "serve", "--name", NAME, "--version", "1", "--port", str(port),
+                               "--max-images", "8"], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 180
+        while time.time() < deadline and server.poll() is None:
+            try:
+                if requests.get(url + "/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        assert server.poll() is None, (tmp_path / "server.log").read_text()
+        body = {"dataframe_split": {"columns": ["id", "image"],
+                                    "data": [[p.stem, base64.b64encode(p.read_bytes()).decode()] for p in scans]},
+                "params": {"views": ["original", "hflip"]}}
+        response = requests.post(url + "/invocations", json=body, timeout=120)
+        too_many = requests.post(url + "/invocations", json={"inputs": {"path": ["x"] * 9}}, timeout=30)
+        info = requests.get(url + "/version", timeout=10).json()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    assert response.status_code == 200, response.text
+    served = pd.DataFrame(response.json()["predictions"]).set_index("id")
+    written = real_batch["written"]
+    assert sorted(served.index) == sorted(written.index) and served["error"].eq("").all()
+    np.testing.assert_allclose(served.loc[written.index, "pneumonia"], written["pneumonia"], atol=1e-5)
+    assert too_many.status_code == 413 and info["version"] == 1
