@@ -58,7 +58,8 @@ def start(backend: str, name: str, version: int, port: int, log: Path) -> subpro
 
         command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}/{version}",
                    "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-        env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri()}
+        env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri(),
+                            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     else:
         command = [sys.executable, "run.py", "serve", "--name", name, "--version", str(version), "--port", str(port),
                    "--backend", backend]

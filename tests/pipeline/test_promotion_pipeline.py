@@ -289,3 +289,32 @@ def test_the_served_version_scores_real_xray_bytes_as_the_batch_pipeline(real_ba
     assert sorted(served.index) == sorted(written.index) and served["error"].eq("").all()
     np.testing.assert_allclose(served.loc[written.index, "pneumonia"], written["pneumonia"], atol=1e-5)
     assert too_many.status_code == 413 and info["version"] == 1
+
+
+def test_the_onnx_export_of_a_version_scores_as_it_is_served(real_batch, tmp_path: Path):
+    import json
+
+    import mlflow
+
+    from cxr.infer.onnx import run_graph, session
+    from cxr.infer.serving import preprocess_files
+    from cxr.metrics.calibration import apply_calibration
+    from pipelines.runner import export
+    from steps.registry.lifecycle import served_model
+
+    folder = export(NAME, version=1, out=str(tmp_path / "onnx"), log=True)
+    sidecar = json.loads((folder / "model.json").read_text())
+    assert sidecar["labels"] == ["pneumonia"] and sidecar["calibration"]["method"] == "platt"
+    checkpoint = served_model(f"models:/{NAME}/1")
+    files = [str(p) for p in real_batch["scans"]]
+    pixels = preprocess_files(checkpoint, files).images
+    scores = apply_calibration(run_graph(session(folder / "model.onnx"), pixels)["probabilities"].astype(np.float64),
+                               sidecar["calibration"], sidecar["labels"])
+    written = real_batch["written"].loc[[Path(f).stem for f in files], "pneumonia"].to_numpy()
+    single = mlflow.pyfunc.load_model(f"models:/{NAME}/1").predict(pd.DataFrame({"path": files}))["pneumonia"]
+    np.testing.assert_allclose(scores[:, 0], single.to_numpy(), atol=1e-4)
+    assert np.abs(written - single.to_numpy()).max() > 1e-4, "the batch used two views, the export one"
+    client = registry()
+    assert client.get_model_version(NAME, "1").tags["onnx"] == "onnx/"
+    run_id = client.get_model_version(NAME, "1").run_id
+    assert {a.path for a in client.list_artifacts(run_id, "onnx")} >= {"onnx/model.onnx", "onnx/model.json"}
