@@ -1,4 +1,5 @@
-"""Inference pipeline: ingest new images -> batch_predict with a registered model -> CSV."""
+"""Inference pipeline: ingest new images -> check_drift against the registered model's val
+reference -> batch_predict with that model -> CSV."""
 
 from typing import Optional
 
@@ -8,8 +9,9 @@ import materializers  # noqa: F401  (registers the ImageSet materializer)
 from cxr.data.ingest import IngestConfig
 from cxr.infer.tta import SINGLE_VIEW, ViewName
 from cxr.lifecycle import DEFAULT_MODEL_NAME
+from cxr.metrics.drift import DriftConfig
 from steps.data import ingest
-from steps.infer import batch_predict
+from steps.infer import batch_predict, check_drift
 
 
 @pipeline
@@ -24,6 +26,7 @@ def inference_pipeline(
     chunk_size: int = 1024,
     guardrails: bool = True,
     operating_point: Optional[str] = None,
+    drift: Optional[DriftConfig] = DriftConfig(),
 ) -> None:
     """Predict a folder or table of new images with the registry's ``alias`` (or ``version``).
 
@@ -40,9 +43,13 @@ def inference_pipeline(
             columns (and NaN scores for flagged images when its guardrails reject).
         operating_point: one of the registered model's operating points (f1, sensitivity,
             specificity): each label gains ``<label>_positive`` at its threshold.
+        drift: the batch drift check that runs before any prediction (``action: fail`` stops a
+            drifted batch there; None: no check).
     """
     images = ingest(source=data)
     uri = f"models:/{registered_model_name}/{version}" if version is not None \
         else f"models:/{registered_model_name}@{alias}"
+    report = None if drift is None else check_drift(images=images, model_uri=uri, cfg=drift)
     batch_predict(images=images, model_uri=uri, output_path=output_path, sample_submission=sample_submission,
-                  views=views, chunk_size=chunk_size, guardrails=guardrails, operating_point=operating_point)
+                  views=views, chunk_size=chunk_size, guardrails=guardrails, operating_point=operating_point,
+                  drift=report)

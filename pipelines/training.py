@@ -22,6 +22,7 @@ from cxr.infer.tta import REFERENCE_VIEWS, ViewName
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from cxr.lifecycle.promotion import PromotionConfig
 from cxr.metrics.calibration import CalibrationConfig
+from cxr.metrics.drift import DriftConfig
 from cxr.metrics.generalisation import ThresholdConfig, check_set_names
 from cxr.metrics.operating_points import OperatingPointConfig
 from cxr.metrics.robustness import RobustnessConfig
@@ -57,6 +58,7 @@ def training_pipeline(
     adapt: Optional[AdaptConfig] = None,
     robustness: Optional[RobustnessConfig] = None,
     guardrails: Optional[GuardrailConfig] = GuardrailConfig(),
+    drift: Optional[DriftConfig] = DriftConfig(),
     calibration: Optional[CalibrationConfig] = CalibrationConfig(),
     operating_points: OperatingPointConfig = OperatingPointConfig(),
 ) -> None:
@@ -86,6 +88,8 @@ def training_pipeline(
         robustness: corruptions and severities the final model is scored under (None: off).
         guardrails: input checks fitted into the registered checkpoint, whose served predictions
             then carry ``flag`` and ``flag_reason`` (None: registered without them).
+        drift: the val reference stored beside the guardrails, which the inference pipeline's
+            drift check compares each new batch with (None: none; needs guardrails).
         calibration: per-label calibrator fitted on ``calibration.fit_on`` and applied to every
             prediction of the registered model and the submission (None: scores as trained).
         operating_points: per-label thresholds (F1, target sensitivity, target specificity)
@@ -160,7 +164,7 @@ def training_pipeline(
                                           external_images=list(external_images.values()), external_names=names,
                                           calibration=calibration, operating_points=operating_points)
     registered = checkpoint if guardrails is None else fit_guardrails(checkpoint=checkpoint, images=images,
-                                                                      cfg=guardrails)
+                                                                      cfg=guardrails, drift=drift)
     model_version = register_model(checkpoint=registered, val_metrics=val_metrics, proxy_metrics=proxy_metrics,
                                    registered_model_name=registered_model_name, images=images)
     decision = None

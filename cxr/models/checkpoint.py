@@ -38,6 +38,8 @@ class CheckpointMeta(BaseModel):
                              "(name, label-free content hash, size, methods); empty if none")
     guardrails: dict = Field(default_factory=dict, description="GuardrailConfig the input guardrails were fitted "
                              "with; their fitted tensors are the weights named guardrails.*")
+    drift: dict = Field(default_factory=dict, description="DriftConfig its val drift reference was fitted with; "
+                        "the reference is the tensors named guardrails.drift_*")
     calibration: dict = Field(default_factory=dict, description="per-label calibrator applied to every prediction "
                               "(cxr.metrics.calibration); empty: scores as trained")
     operating_points: dict = Field(default_factory=dict, description="per-label thresholds by operating point "

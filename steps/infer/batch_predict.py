@@ -29,14 +29,16 @@ def guardrail_counts(predictions: pd.DataFrame) -> dict[str, int]:
 @step(experiment_tracker=True, enable_cache=False)
 def batch_predict(images: ImageSet, model_uri: str, output_path: str, sample_submission: Optional[str] = None,
                   views: list[str] = list(SINGLE_VIEW), chunk_size: int = 1024,
-                  batch_size: int = 64, guardrails: bool = True,
-                  operating_point: Optional[str] = None) -> Annotated[dict, "inference_summary"]:
+                  batch_size: int = 64, guardrails: bool = True, operating_point: Optional[str] = None,
+                  drift: Optional[pd.DataFrame] = None) -> Annotated[dict, "inference_summary"]:
     """Predict every file of ``images`` with the registered model at ``model_uri`` (an alias
     such as ``models:/cxr-pneumonia@champion`` or a version ``models:/cxr-pneumonia/3``),
     ``chunk_size`` files at a time, appending rows to ``output_path``; then reorder to
     ``sample_submission`` when given (which drops the guardrails' ``flag``/``flag_reason``
     columns; their counts are logged). At ``operating_point`` (a point the model carries: f1,
     sensitivity, specificity) each label gains ``<label>_positive``, whose counts are logged.
+    ``drift`` is the batch's drift report (``check_drift``, which runs first); the summary
+    lists the tests that tripped.
     YAML: ``parameters.*`` of the inference pipeline.
     The experiment tracker points MLflow at the stack's registry and records the run.
     """
@@ -54,7 +56,8 @@ def batch_predict(images: ImageSet, model_uri: str, output_path: str, sample_sub
     logger.info("wrote %d predictions from %s to %s", rows, model_uri, Path(output).resolve())
     summary = {"model_uri": model_uri, "rows": rows, "path": str(Path(output).resolve()),
                "labels": served_labels(model), "views": list(views), "guardrails": flagged,
-               "operating_point": operating_point or "", "positives": positives}
+               "operating_point": operating_point or "", "positives": positives,
+               "drifted": [] if drift is None else drift.loc[drift["drifted"], "test"].tolist()}
     log_metadata(summary)
     mlflow.log_params({"model_uri": model_uri, "views": ",".join(views), "rows": rows})
     if flagged:

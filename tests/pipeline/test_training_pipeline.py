@@ -254,3 +254,57 @@ def test_predict_with_the_latest_checkpoint_artifact(runs, mini_kermany, tmp_pat
     expected = predict_files(output(runs["edited"], "finetune", "checkpoint"),
                              [str(tmp_path / "scans" / n) for n in names], names)
     np.testing.assert_allclose(written, expected["pneumonia"], atol=1e-6)
+
+
+def drift_batch(folder: Path, images: list[np.ndarray]) -> Path:
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        cv2.imwrite(str(folder / f"scan{i:03d}.png"), image)
+    return folder
+
+
+def infer_with_drift_gate(folder: Path, batch: Path, name: str):
+    """The inference pipeline on ``batch`` with the latest ``cxr-test`` version and ``drift.action: fail``;
+    the run, the CSV path and the exception (None when the run completed)."""
+    import mlflow
+    from zenml.client import Client
+
+    use_stack_tracking()
+    version = max(int(v.version) for v in mlflow.MlflowClient().search_model_versions("name='cxr-test'"))
+    out = folder / f"{name}.csv"
+    config = folder / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({"parameters": {
+        "data": {"source": "images", "path": str(batch), "label_names": ["pneumonia"]},
+        "registered_model_name": "cxr-test", "version": version, "output_path": str(out),
+        "drift": {"action": "fail"}}}))
+    try:
+        run = run_and_fetch("infer", config, name)
+    except Exception as error:  # the failed step's error, re-raised by the orchestrator
+        run = Client().get_pipeline_run(name)
+        return run, out, error
+    return run, out, None
+
+
+def test_the_drift_gate_passes_a_clean_batch_and_stops_drifted_ones_before_any_prediction(runs, real_data_dir,
+                                                                                          tmp_path: Path):
+    source = real_data_dir / "kermany-pneumonia-224" / "train"
+    held_out = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for name in ("NORMAL", "PNEUMONIA")
+                for p in sorted((source / name).iterdir())[N_PER_CLASS:N_PER_CLASS + 15]]
+    nih = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((real_data_dir / "nih1000-64" / "images")
+                                                                     .glob("*.png"))[:30]]
+    batches = {"clean": held_out, "inverted": [255 - i for i in held_out], "nih1000": nih}
+    outcomes = {name: infer_with_drift_gate(tmp_path, drift_batch(tmp_path / name, images), f"drift-{name}")
+                for name, images in batches.items()}
+    run, out, error = outcomes["clean"]
+    assert error is None and out.is_file() and len(pd.read_csv(out)) == 30
+    report = output(run, "check_drift", "drift_report")
+    assert not report["drifted"].any(), report.to_string()
+    assert output(run, "batch_predict", "inference_summary")["drifted"] == []
+    for name in ("inverted", "nih1000"):
+        run, out, error = outcomes[name]
+        assert error is not None and "failure in step(s): check_drift" in str(error)
+        message = run.steps["check_drift"].exception_info.message
+        assert message.startswith("batch drifted: ") and "no prediction was written" in message
+        assert not out.exists(), f"{name}: predictions were written"
+        steps = statuses(run)
+        assert steps["check_drift"] == "failed" and steps.get("batch_predict") in (None, "skipped"), steps
