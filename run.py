@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--port", type=int, default=5001)
     srv.add_argument("--max-body-mb", type=float, default=64, help="larger request bodies get HTTP 413")
     srv.add_argument("--max-images", type=int, default=64, help="requests with more rows get HTTP 413")
+    srv.add_argument("--allow-paths", action="store_true",
+                     help="also score 'path' rows: files on the server (off: images come as bytes only)")
     srv.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                      help="run the network in torch, or export it at start and run it on onnxruntime")
     exp = commands.add_parser("export", help="export a registered version (ONNX, normalisation inside the graph)")
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model card written to {write_card(args.name, args.version, args.out)}")
     elif args.command == "serve":
         serve(args.name, args.alias, args.version, args.host, args.port, args.max_body_mb, args.max_images,
-              args.backend)
+              args.backend, args.allow_paths)
     elif args.command == "export":
         folder = export(args.name, args.alias, args.version, args.out, args.static_batch is None,
                         args.static_batch or 1, args.log)

@@ -174,11 +174,11 @@ def export(name: str, alias: str = "champion", version: int | None = None, out: 
 
 
 def serve(name: str, alias: str = "champion", version: int | None = None, host: str = "127.0.0.1", port: int = 5001,
-          max_body_mb: float = 64, max_images: int = 64, backend: str = "torch") -> None:
+          max_body_mb: float = 64, max_images: int = 64, backend: str = "torch", allow_paths: bool = False) -> None:
     """Serve ``name``'s ``version`` (default: the version holding ``alias``) over HTTP until
     stopped: MLflow's request format on ``/invocations`` (``cxr.infer.http``), images as base64
-    bytes or paths, loopback unless ``host`` says otherwise. ``backend`` onnx runs the networks
-    on onnxruntime, exported at start."""
+    bytes (server file paths only with ``allow_paths``), loopback unless ``host`` says otherwise.
+    ``backend`` onnx runs the networks on onnxruntime, exported at start."""
     import uvicorn
 
     from cxr.infer.http import MEGABYTE, create_app
@@ -190,7 +190,7 @@ def serve(name: str, alias: str = "champion", version: int | None = None, host: 
         model = onnx_backed(model, export_model(model, Path(tempfile.mkdtemp(prefix="cxr-onnx-"))))
     info = {"name": name, "version": version, "labels": served_labels(model), "backend": backend,
             "max_images": max_images, "max_body_bytes": int(max_body_mb * MEGABYTE)}
-    app = create_app(lambda frame, params: predict_request(model, frame, params), info,
+    app = create_app(lambda frame, params: predict_request(model, frame, params, allow_paths=allow_paths), info,
                      int(max_body_mb * MEGABYTE), max_images)
     print(f"serving {name} version {version} on http://{host}:{port}/invocations", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)

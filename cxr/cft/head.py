@@ -18,33 +18,20 @@ FC_WEIGHT = "head.fc.weight"
 FC_BIAS = "head.fc.bias"
 
 
-@torch.inference_mode()
 def penultimate_features(checkpoint: Checkpoint, images: np.ndarray, batch_size: int = 128,
                          device: str = "auto") -> np.ndarray:
-    """(N, D) float32 inputs of the head's ``fc`` layer for uint8 (N, H, W) images (from the
-    model's own ``penultimate`` when it has one, as an exported graph does)."""
+    """(N, D) float32 inputs of the head's ``fc`` layer for uint8 (N, H, W) images (the model's
+    ``penultimate``: the classifier's, or an exported graph's). The model moves to ``device``
+    outside inference mode, as in ``predict_proba``."""
     device = resolve_device(device)
     model = checkpoint.inference_model().to(device)
-    features = getattr(model, "penultimate", None) or fc_inputs(model)
     with torch.inference_mode():
-        out = [features(to_input(images[start:start + batch_size], checkpoint.meta.mean, checkpoint.meta.std,
-                                 device)).float().cpu() for start in range(0, len(images), batch_size)]
+        out = [model.penultimate(to_input(images[start:start + batch_size], checkpoint.meta.mean,
+                                          checkpoint.meta.std, device)).float().cpu()
+               for start in range(0, len(images), batch_size)]
     if not out:
         return np.zeros((0, checkpoint.state_dict[FC_WEIGHT].shape[1]), np.float32)
     return torch.cat(out).numpy()
-
-
-def fc_inputs(model: torch.nn.Module):
-    """A function of a batch returning what ``model.head.fc`` receives in the forward pass."""
-    def features(x: torch.Tensor) -> torch.Tensor:
-        captured: list[torch.Tensor] = []
-        hook = model.head.fc.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
-        try:
-            model(x)
-        finally:
-            hook.remove()
-        return captured[0]
-    return features
 
 
 def last_layer(checkpoint: Checkpoint) -> tuple[torch.Tensor, torch.Tensor]:

@@ -78,6 +78,8 @@ def _load_source(source: ImageSource, name: str, cfg: PreprocessConfig) -> tuple
         return _prepared(image, cfg, colour)
     except DataError as err:
         return str(err)
+    except Exception as err:  # a request's row: whatever a decoder raises is that row's error, not the request's
+        return f"{name} could not be decoded ({type(err).__name__})"
 
 
 def _prepare_all(work, n: int, cfg: PreprocessConfig, progress: bool):

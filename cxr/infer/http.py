@@ -73,14 +73,18 @@ def predictions_json(frame: pd.DataFrame) -> bytes:
     return b'{"predictions": ' + frame.to_json(orient="records").encode() + b"}"
 
 
-def create_app(predict: Predictor, info: dict, max_body_bytes: int = 64 * MEGABYTE, max_images: int = 64):
-    """The FastAPI app: ``POST /invocations``, ``GET /ping`` (and ``/health``), ``GET /version`` (``info``)."""
+def create_app(predict: Predictor, info: dict, max_body_bytes: int = 64 * MEGABYTE, max_images: int = 64,
+               max_pending: int = 32):
+    """The FastAPI app: ``POST /invocations``, ``GET /ping`` (and ``/health``), ``GET /version``
+    (``info``). Beyond ``max_pending`` requests in flight, new ones get 503 instead of queueing
+    their bodies in memory."""
     from fastapi import FastAPI, Request
     from fastapi.responses import PlainTextResponse, Response
     from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="cxr scoring server", docs_url=None, redoc_url=None, openapi_url=None)
     lock = threading.Lock()
+    pending = [0]
 
     def scored(frame: pd.DataFrame, params: dict) -> pd.DataFrame:
         with lock:
@@ -102,6 +106,9 @@ def create_app(predict: Predictor, info: dict, max_body_bytes: int = 64 * MEGABY
     async def invocations(request: Request) -> Response:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return error(415, "send the request as Content-Type: application/json")
+        if pending[0] >= max_pending:
+            return error(503, f"the server has {pending[0]} requests in flight; retry later")
+        pending[0] += 1
         try:
             body = await bounded_body(request, max_body_bytes)
             frame, params = request_frame(body, max_images)
@@ -113,6 +120,8 @@ def create_app(predict: Predictor, info: dict, max_body_bytes: int = 64 * MEGABY
         except Exception:
             logger.exception("scoring failed")
             return error(500, "the server could not score this request; its log has the details")
+        finally:
+            pending[0] -= 1
         return Response(predictions_json(predictions), media_type="application/json")
 
     return app

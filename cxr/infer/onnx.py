@@ -11,7 +11,6 @@ An ensemble exports as one graph per member plus the ensemble's ``ensemble.json`
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,21 +31,17 @@ OPSET = 18
 
 class ExportedClassifier(nn.Module):
     """The classifier behind its own normalisation: gray levels in, (probabilities, logits,
-    penultimate features) out. ``head.fc`` is the last layer of every registered head, so the
-    head without it yields the features that ``fc`` turns into logits."""
+    penultimate features) out."""
 
     def __init__(self, model: Classifier, mean: float, std: float):
         super().__init__()
-        self.backbone = model.backbone
-        self.head = copy.deepcopy(model.head)
-        self.fc = self.head.fc
-        self.head.fc = nn.Identity()
+        self.model = model
         self.mean, self.std = float(mean), float(std)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = (pixels / 255.0 - self.mean) / self.std
-        features = self.head(self.backbone(x))
-        logits = self.fc(features)
+        features = self.model.penultimate(x)
+        logits = self.model.head.fc(features)
         return torch.sigmoid(logits), logits, features
 
 

@@ -147,12 +147,18 @@ def example_request(side: int = 64) -> pd.DataFrame:
 
 
 def predict_request(model: ServedModel, frame: pd.DataFrame, params: dict | None = None,
-                    device: str = "auto") -> pd.DataFrame:
+                    device: str = "auto", allow_paths: bool = True) -> pd.DataFrame:
     """A served request: one row per image, each given as ``image`` (base64 file bytes: PNG,
-    JPEG, 16-bit PNG, DICOM) or ``path`` (a file the server reads), with optional ``id``;
-    ``params`` as in ``SERVE_PARAMS``. Rows that cannot be decoded get their ``error``; a
-    malformed request is a RequestError."""
+    JPEG, 16-bit PNG, DICOM) or, with ``allow_paths``, ``path`` (a file the server reads), with
+    optional ``id``; ``params`` as in ``SERVE_PARAMS``. Rows that cannot be decoded get their
+    ``error``; a malformed request is a RequestError."""
     params = serve_params(params)
+    points = served_operating_points(model)
+    if params["operating_point"] and params["operating_point"] not in points.get("thresholds", {}):
+        raise RequestError(f"unknown operating point; this model has {sorted(points.get('thresholds', {}))}")
+    if not allow_paths and "path" in frame.columns and frame["path"].notna().any():
+        raise RequestError("this server takes images as base64 bytes in an 'image' column, not server file paths "
+                           "(start it with --allow-paths to let clients name files it can read)")
     sources, ids = request_sources(frame)
     return predict_sources(model, sources, ids, [f"row {i}" for i in range(len(sources))],
                            views=tuple(params["views"]), batch_size=params["batch_size"], device=device,
@@ -161,7 +167,9 @@ def predict_request(model: ServedModel, frame: pd.DataFrame, params: dict | None
 
 def serve_params(params: dict | None) -> dict:
     """``params`` over ``SERVE_PARAMS``' defaults, type-checked; RequestError naming a bad one."""
-    params = dict(params or {})
+    if params is not None and not isinstance(params, dict):
+        raise RequestError("params must be an object of named values")
+    params = {k: v for k, v in (params or {}).items() if v is not None}
     unknown = sorted(set(params) - set(SERVE_PARAMS))
     if unknown:
         raise RequestError(f"unknown param(s) {unknown}; known: {sorted(SERVE_PARAMS)}")
@@ -169,6 +177,8 @@ def serve_params(params: dict | None) -> dict:
     views = [out["views"]] if isinstance(out["views"], str) else out["views"]
     if not isinstance(views, (list, tuple)) or not views or not all(isinstance(v, str) for v in views):
         raise RequestError("param 'views' must be a list of TTA view names")
+    if len(views) > len(VIEWS.names()):
+        raise RequestError(f"param 'views' lists {len(views)} views; there are {len(VIEWS.names())}")
     unknown_views = sorted(set(views) - set(VIEWS.names()))
     if unknown_views:
         raise RequestError(f"unknown TTA view(s) {unknown_views}; known: {VIEWS.names()}")
@@ -187,6 +197,8 @@ def request_sources(frame: pd.DataFrame) -> tuple[list[ImageSource], list[str]]:
     """Per row, the decoded ``image`` bytes, else the ``path``; and its id (``id``, else the path,
     else the row number). RequestError for a request without either column, a row with neither,
     or an image that is not base64."""
+    if frame.columns.duplicated().any():
+        raise RequestError("the request names a column twice")
     if "image" not in frame.columns and "path" not in frame.columns:
         raise RequestError(f"a request needs an 'image' (base64 file bytes) or 'path' column; it has "
                            f"{len(frame.columns)} other column(s)")
@@ -202,16 +214,24 @@ def request_sources(frame: pd.DataFrame) -> tuple[list[ImageSource], list[str]]:
             sources.append(str(path))
         else:
             raise RequestError(f"row {i} has neither an image nor a path")
-        ids.append(str(given_id) if given_id else str(path) if path and not image else str(i))
+        ids.append(_text(given_id) if not _missing(given_id) else str(path) if path and not image else str(i))
     return sources, ids
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or value == "" or (isinstance(value, float) and np.isnan(value))
+
+
+def _text(value) -> str:
+    """An id as text; 5.0 (an integer id in a column pandas made float by a gap) as '5'."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _column(frame: pd.DataFrame, name: str) -> list:
     """The column's values with missing ones as '' (all '' when the column is absent)."""
     if name not in frame.columns:
         return [""] * len(frame)
-    return ["" if value is None or (isinstance(value, float) and np.isnan(value)) else value
-            for value in frame[name].tolist()]
+    return ["" if _missing(value) else value for value in frame[name].tolist()]
 
 
 def b64_bytes(value, row: int) -> bytes:

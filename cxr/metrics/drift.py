@@ -12,8 +12,10 @@ val images, stored in the checkpoint at training time as ``guardrails.drift_*`` 
 
 A test trips when its p-value is below ``alpha``. The reference is val, not train: val is
 what an unseen batch from the training distribution looks like, while the model's features of
-its own training images are pulled apart by the fit (``fit_drift`` records the val-vs-train
-figures that show it), so a clean batch passes at rate 1 - alpha by construction.
+its own training images are pulled apart by the fit (the ``fit_guardrails`` step logs train
+tested against the reference, which shows it). So each test passes a clean batch at rate
+1 - alpha by construction; with the three tests (per ensemble member) the false-alarm rate is
+up to three (per member) times alpha, with no correction across tests.
 The reference holds per-image summaries (histograms, 22 features, penultimate features), never
 pixels or ids. MMD and the histogram permutation test are a few lines of numpy: no maintained
 library offers them without a deep-learning framework of its own (alibi-detect, torchdrift).
@@ -26,7 +28,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.stats import false_discovery_control, ks_2samp
 
 from cxr.cft.head import penultimate_features
@@ -54,6 +56,13 @@ class DriftConfig(BaseModel):
     max_images: int = Field(500, ge=10, description="batch and reference images compared, at most (seeded sample)")
     permutations: int = Field(500, ge=50, description="permutations behind the intensity and embedding p-values")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _reachable_alpha(self) -> "DriftConfig":
+        if self.alpha * (self.permutations + 1) <= 1:
+            raise ValueError(f"alpha {self.alpha} is below the smallest p-value {self.permutations} permutations "
+                             f"can give (1/{self.permutations + 1}): raise permutations or alpha")
+        return self
 
 
 def histograms(images: np.ndarray) -> np.ndarray:
@@ -151,7 +160,8 @@ def handcrafted_test(batch: np.ndarray, ref: np.ndarray, cfg: DriftConfig) -> di
 def embedding_test(batch: np.ndarray, ref: np.ndarray, cfg: DriftConfig) -> dict:
     """Unbiased MMD² of penultimate features, permutation p-value (the pooled kernel computed once)."""
     pooled = np.concatenate([batch, ref])
-    kernel = gaussian_kernel(pooled, pooled, median_bandwidth(ref))
+    kernel = gaussian_kernel(pooled, pooled, median_bandwidth(pooled[np.random.default_rng(cfg.seed).permutation(
+        len(pooled))]))  # from the pooled rows, so every relabelling shares one kernel
     index = np.arange(len(pooled))
     statistic, p = permutation_p(lambda a, b: mmd2(kernel, a, b), index[:len(batch)], index[len(batch):],
                                  cfg.permutations, cfg.seed)
@@ -162,10 +172,13 @@ def drift_report(checkpoint: Checkpoint, images: np.ndarray, cfg: DriftConfig | 
                  device: str = "auto") -> pd.DataFrame:
     """One row per test: statistic, p-value, alpha, drifted, and (handcrafted) which features."""
     cfg = cfg or DriftConfig(**{**checkpoint.meta.drift})
+    columns = ["test", "statistic", "p_value", "alpha", "drifted", "features"]
+    if not cfg.tests:
+        return pd.DataFrame(columns=columns)
     ref = reference(checkpoint)
     if not ref:
         raise DataError("this model has no drift reference: it was registered before drift checks existed, or "
-                        "without guardrails; retrain it, or set drift.tests: []")
+                        "without guardrails; retrain it, or set drift.tests: [] (or drift.action: warn to skip)")
     if len(images) < 2:
         raise DataError(f"a drift check needs at least 2 images, got {len(images)}")
     batch = summaries(checkpoint, sample(images, cfg.max_images, cfg.seed), device)
@@ -175,7 +188,7 @@ def drift_report(checkpoint: Checkpoint, images: np.ndarray, cfg: DriftConfig | 
         rows.append({"test": name, "statistic": result["statistic"], "p_value": result["p_value"],
                      "alpha": cfg.alpha, "drifted": result["p_value"] < cfg.alpha,
                      "features": ",".join(result.get("features", []))})
-    return pd.DataFrame(rows, columns=["test", "statistic", "p_value", "alpha", "drifted", "features"])
+    return pd.DataFrame(rows, columns=columns)
 
 
 @DRIFT_ACTIONS.register("warn")

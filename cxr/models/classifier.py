@@ -49,5 +49,10 @@ class Classifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's input to its last linear layer (``fc``): no hooks, so concurrent callers of
+        one shared model each get their own batch's features."""
+        return self.head.pre_logits(self.backbone(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))

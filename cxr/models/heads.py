@@ -45,8 +45,12 @@ class LinearHead(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes)
 
+    def pre_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """What ``fc`` receives: the penultimate features."""
+        return self.drop(self.norm(global_avg_pool(features)))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(self.norm(global_avg_pool(features))))
+        return self.fc(self.pre_logits(features))
 
 
 @register_head("mlp")
@@ -66,8 +70,12 @@ class MLPHead(nn.Module):
         self.body = nn.Sequential(*layers)
         self.fc = nn.Linear(width, num_classes)
 
+    def pre_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """What ``fc`` receives: the penultimate features."""
+        return self.body(global_avg_pool(features))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.body(global_avg_pool(features)))
+        return self.fc(self.pre_logits(features))
 
 
 @register_head("attention")
@@ -89,10 +97,14 @@ class SpatialAttentionHead(nn.Module):
         self.fc = nn.Linear(in_features, num_classes)
         self.last_attention: torch.Tensor | None = None
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def pre_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """What ``fc`` receives: the attention-pooled features."""
         if features.ndim != 4:
             raise ValueError("the attention head needs (B, C, H, W) feature maps from a CNN backbone")
         weights = self.attention(features)
         self.last_attention = weights.detach()
         pooled = (features * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp_min(1e-6)
-        return self.fc(self.drop(pooled))
+        return self.drop(pooled)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pre_logits(features))

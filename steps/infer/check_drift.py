@@ -16,6 +16,7 @@ from cxr.metrics.drift import DRIFT_ACTIONS, DriftConfig, drift_report, referenc
 from steps.registry.lifecycle import served_model
 
 logger = get_logger(__name__)
+MIN_IMAGES = 2
 
 
 @step(experiment_tracker=True, enable_cache=False)
@@ -31,9 +32,12 @@ def check_drift(images: ImageSet, model_uri: str, cfg: DriftConfig) -> Annotated
     members = model.members if isinstance(model, EnsembleModel) else {"model": model}
     files = images.subset(sample(np.arange(len(images)), cfg.max_images, cfg.seed))
     reports = []
-    if cfg.action == "warn" and not all(reference(m) for m in members.values()):
-        logger.warning("%s has no drift reference (registered before drift checks, or without guardrails): "
-                       "no drift check", model_uri)
+    skip = ("no tests are configured" if not cfg.tests else
+            f"the batch has {len(images)} image(s), fewer than {MIN_IMAGES}" if len(images) < MIN_IMAGES else
+            "it has no drift reference (registered before drift checks, or without guardrails)"
+            if not all(reference(m) for m in members.values()) else "")
+    if skip and (cfg.action == "warn" or not cfg.tests):
+        logger.warning("no drift check of %s: %s", model_uri, skip)
         return pd.DataFrame(columns=["test", "statistic", "p_value", "alpha", "drifted", "features"])
     for name, checkpoint in members.items():
         decoded = preprocess_files(checkpoint, files.manifest["path"].tolist(), files.ids).images

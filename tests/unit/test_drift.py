@@ -82,3 +82,9 @@ def test_a_model_without_a_reference_or_a_one_image_batch_is_a_clear_error(guard
         drift_report(random_checkpoint(0, SIZE), xrays(20, 0))
     with pytest.raises(DataError, match="at least 2 images"):
         drift_report(guarded, xrays(1, 0))
+
+
+def test_an_alpha_no_permutation_count_can_reach_is_refused_and_no_tests_is_an_empty_report(guarded):
+    with pytest.raises(ValueError, match="below the smallest p-value"):
+        DriftConfig(alpha=0.001, permutations=500)
+    assert drift_report(guarded, xrays(5, 0), DriftConfig(tests=[])).empty

@@ -134,11 +134,12 @@ def test_too_many_images_is_413(server, images):
     ({"inputs": {"file": ["/srv/data/patient.png"]}}, "needs an 'image'"),
     ({"inputs": {"path": ["x.png"]}, "params": {"viewz": 1}}, "unknown param(s) ['viewz']"),
     ({"inputs": {"path": []}}, "no rows"),
+    ({"inputs": {"path": ["x.png"]}, "params": {"operating_point": "youden"}}, "unknown operating point"),
 ])
 def test_malformed_requests_are_one_line_400s_without_their_data(server, body, message: str):
     response = post(server, body)
     assert response.status_code == 400 and message in response.text
-    assert_clean(response, "c2VjcmV0", "patient.png")
+    assert_clean(response, "c2VjcmV0", "patient.png", "youden")
 
 
 def test_an_unexpected_failure_is_a_500_that_names_nothing(server, images):
@@ -152,3 +153,26 @@ def test_other_content_types_are_415_and_ping_answers(server):
     assert response.status_code == 415
     assert requests.get(server + "/health", timeout=10).text == "ok\n"
     assert requests.get(server + "/version", timeout=10).json() == {"name": "test"}
+
+
+def test_beyond_max_pending_requests_in_flight_new_ones_get_503(images):
+    release, entered = threading.Event(), threading.Event()
+
+    def slow(frame: pd.DataFrame, params: dict) -> pd.DataFrame:
+        entered.set()
+        release.wait(30)
+        return pd.DataFrame({"id": ["0"]})
+
+    url, running, thread = start(create_app(slow, {}, max_pending=1))
+    first = threading.Thread(target=post, args=(url, {"inputs": {"image": ["AAAA"]}}))
+    first.start()
+    try:
+        assert entered.wait(30)
+        busy = post(url, {"inputs": {"image": ["AAAA"]}})
+        assert busy.status_code == 503 and "1 requests in flight" in busy.text
+    finally:
+        release.set()
+        first.join(30)
+        running.should_exit = True
+        thread.join(10)
+    assert not first.is_alive()

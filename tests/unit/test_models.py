@@ -108,3 +108,18 @@ def test_linear_head_batch_norm_standardises_features_scale_free():
     assert torch.allclose(head(features * 1000.0 + 5.0), logits, atol=1e-3)
     plain = create_head("linear", 8, 1)
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp", "attention"])
+def test_penultimate_is_what_the_last_linear_layer_receives(head: str):
+    torch.manual_seed(0)
+    model = Classifier(ModelConfig(backbone="resnet10t", head=head), 3).eval()
+    x = torch.randn(4, 1, 32, 32)
+    captured = []
+    hook = model.head.fc.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+    with torch.no_grad():
+        logits = model(x)
+        features = model.penultimate(x)
+    hook.remove()
+    torch.testing.assert_close(features, captured[0])
+    torch.testing.assert_close(model.head.fc(features), logits)

@@ -145,3 +145,48 @@ def test_predict_files_still_raises_for_an_unreadable_file(tmp_path: Path):
     bad.write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"1 image\(s\) could not be decoded:\n  corrupt or unreadable image file: .*bad.png"):
         predict_files(random_checkpoint(0, 32), [str(bad)])
+
+
+def test_an_unknown_operating_point_is_a_request_error_that_does_not_repeat_it():
+    with pytest.raises(RequestError, match=r"unknown operating point; this model has \[\]") as error:
+        predict_request(random_checkpoint(0, 32), pd.DataFrame({"image": ["AAAA"]}), {"operating_point": "youden"})
+    assert "youden" not in str(error.value)
+
+
+def test_ids_keep_zero_and_integers_made_float_by_a_gap(files: list[Path]):
+    frame = pd.DataFrame({"id": [0, 5, None], "image": [b64(files[0])] * 3})
+    assert request_sources(frame)[1] == ["0", "5", "2"]
+
+
+@pytest.mark.parametrize("frame, params, message", [
+    (pd.DataFrame([["AAAA", "AAAA"]], columns=["image", "image"]), None, "names a column twice"),
+    (pd.DataFrame({"image": ["AAAA"]}), {"views": ["original"] * 6}, "lists 6 views; there are 5"),
+    (pd.DataFrame({"image": ["AAAA"]}), ["views"], "params must be an object"),
+])
+def test_duplicate_columns_too_many_views_and_non_object_params_are_request_errors(frame, params, message: str):
+    with pytest.raises(RequestError, match=message):
+        predict_request(random_checkpoint(0, 32), frame, params)
+
+
+def test_any_decoder_failure_is_the_rows_error(files: list[Path], monkeypatch):
+    from cxr.data import preprocess
+
+    real = preprocess.decode_bytes
+
+    def decode(data: bytes, name: str, dicom):
+        if data == b"boom":
+            raise RuntimeError("decoder crashed at /srv/secret")
+        return real(data, name, dicom)
+
+    monkeypatch.setattr(preprocess, "decode_bytes", decode)
+    request = pd.DataFrame({"image": [base64.b64encode(b"boom").decode(), b64(files[0])]})
+    got = predict_request(random_checkpoint(0, 32), request)
+    assert got["error"].tolist() == ["row 0 could not be decoded (RuntimeError)", ""]
+
+
+def test_a_server_can_refuse_paths_and_a_null_param_takes_its_default(files: list[Path]):
+    with pytest.raises(RequestError, match="takes images as base64 bytes"):
+        predict_request(random_checkpoint(0, 32), pd.DataFrame({"path": [str(files[0])]}), allow_paths=False)
+    got = predict_request(random_checkpoint(0, 32), pd.DataFrame({"image": [b64(files[0])], "path": [None]}),
+                          {"batch_size": None}, allow_paths=False)
+    assert got["error"].tolist() == [""]
