@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--port", type=int, default=5001)
     srv.add_argument("--max-body-mb", type=float, default=64, help="larger request bodies get HTTP 413")
     srv.add_argument("--max-images", type=int, default=64, help="requests with more rows get HTTP 413")
+    srv.add_argument("--max-pending", type=int, default=32, help="requests in flight beyond this get HTTP 503")
     srv.add_argument("--allow-paths", action="store_true",
                      help="also score 'path' rows: files on the server (off: images come as bytes only)")
     srv.add_argument("--backend", choices=["torch", "onnx"], default="torch",
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model card written to {write_card(args.name, args.version, args.out)}")
     elif args.command == "serve":
         serve(args.name, args.alias, args.version, args.host, args.port, args.max_body_mb, args.max_images,
-              args.backend, args.allow_paths)
+              args.backend, args.allow_paths, args.max_pending)
     elif args.command == "export":
         folder = export(args.name, args.alias, args.version, args.out, args.static_batch is None,
                         args.static_batch or 1, args.log)

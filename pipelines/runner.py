@@ -174,7 +174,8 @@ def export(name: str, alias: str = "champion", version: int | None = None, out: 
 
 
 def serve(name: str, alias: str = "champion", version: int | None = None, host: str = "127.0.0.1", port: int = 5001,
-          max_body_mb: float = 64, max_images: int = 64, backend: str = "torch", allow_paths: bool = False) -> None:
+          max_body_mb: float = 64, max_images: int = 64, backend: str = "torch", allow_paths: bool = False,
+          max_pending: int = 32) -> None:
     """Serve ``name``'s ``version`` (default: the version holding ``alias``) over HTTP until
     stopped: MLflow's request format on ``/invocations`` (``cxr.infer.http``), images as base64
     bytes (server file paths only with ``allow_paths``), loopback unless ``host`` says otherwise.
@@ -191,7 +192,7 @@ def serve(name: str, alias: str = "champion", version: int | None = None, host: 
     info = {"name": name, "version": version, "labels": served_labels(model), "backend": backend,
             "max_images": max_images, "max_body_bytes": int(max_body_mb * MEGABYTE)}
     app = create_app(lambda frame, params: predict_request(model, frame, params, allow_paths=allow_paths), info,
-                     int(max_body_mb * MEGABYTE), max_images)
+                     int(max_body_mb * MEGABYTE), max_images, max_pending)
     print(f"serving {name} version {version} on http://{host}:{port}/invocations", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
 
