@@ -23,6 +23,7 @@ library offers them without a deep-learning framework of its own (alibi-detect, 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -43,6 +44,7 @@ DRIFT_ACTIONS = Registry("drift action")
 DriftAction = DRIFT_ACTIONS.choice()
 PREFIX = EXTRA_PREFIX + "drift_"
 BINS = 32
+WEAK_REFERENCE = 30
 
 
 class DriftConfig(BaseModel):
@@ -89,8 +91,10 @@ def sample(images: np.ndarray, limit: int, seed: int) -> np.ndarray:
 def fit_drift(checkpoint: Checkpoint, val: np.ndarray, cfg: DriftConfig = DriftConfig(),
               device: str = "auto") -> Checkpoint:
     """``checkpoint`` with the val reference of every test stored as ``guardrails.drift_*`` tensors."""
-    if len(val) < 10:
-        raise ValueError(f"the drift reference needs at least 10 val images, got {len(val)}")
+    if len(val) < 2:
+        raise ValueError(f"the drift reference needs at least 2 val images, got {len(val)}")
+    if len(val) < WEAK_REFERENCE:
+        warnings.warn(f"a drift reference of {len(val)} val images can only see large shifts", stacklevel=2)
     reference = summaries(checkpoint, sample(val, cfg.max_images, cfg.seed), device)
     state = checkpoint.state_dict | {PREFIX + name: torch.from_numpy(np.ascontiguousarray(values))
                                      for name, values in reference.items()}

@@ -88,3 +88,11 @@ def test_an_alpha_no_permutation_count_can_reach_is_refused_and_no_tests_is_an_e
     with pytest.raises(ValueError, match="below the smallest p-value"):
         DriftConfig(alpha=0.001, permutations=500)
     assert drift_report(guarded, xrays(5, 0), DriftConfig(tests=[])).empty
+
+
+def test_a_small_val_set_still_gets_a_reference_with_a_warning():
+    with pytest.warns(UserWarning, match="8 val images can only see large shifts"):
+        small = fit_drift(random_checkpoint(0, SIZE), xrays(8, 1))
+    assert {len(v) for v in reference(small).values()} == {8}
+    with pytest.raises(ValueError, match="at least 2 val images"):
+        fit_drift(random_checkpoint(0, SIZE), xrays(1, 1))
