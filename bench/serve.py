@@ -20,7 +20,6 @@ import argparse
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,15 +33,10 @@ import requests
 
 from cxr.data.ingest import data_dir
 from cxr.lifecycle import DEFAULT_MODEL_NAME
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "c2VjcmV0LXBpeGVscw"  # base64 of a marker: must never come back in an answer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def images(count: int = 64) -> list[str]:

@@ -32,11 +32,16 @@ def to_input(batch: np.ndarray | torch.Tensor, mean: float, std: float,
     return x.sub_(mean).div_(std)
 
 
+def seeded_sample(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most ``limit`` of ``rows``, a seeded sample kept in their order (all of them when few)."""
+    if len(rows) <= limit:
+        return rows
+    return rows[np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))]
+
+
 def image_stats(images: np.ndarray, max_images: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Pixel mean and std of (a seeded sample of) the training images, on the [0, 1] scale."""
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(images), min(len(images), max_images), replace=False)
-    sample = images[np.sort(pick)].astype(np.float32) / 255.0
+    sample = seeded_sample(images, max_images, seed).astype(np.float32) / 255.0
     return float(sample.mean()), float(max(sample.std(), 1e-3))
 
 

@@ -1,7 +1,8 @@
-"""Plain helpers shared by the tests: generated X-rays, image folders, random checkpoints."""
+"""Plain helpers shared by the tests: generated X-rays, image folders, random checkpoints, a free port."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Sequence
 
@@ -86,3 +87,10 @@ def pil_gray(path: str | Path) -> np.ndarray:
     if pixels.ndim == 3:
         pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
     return np.round(pixels).astype(np.uint8)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

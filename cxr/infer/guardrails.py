@@ -32,6 +32,7 @@ from cxr.cft.head import penultimate_features
 from cxr.data.imageset import ImageSet
 from cxr.models.checkpoint import EXTRA_PREFIX, Checkpoint
 from cxr.registry import Registry
+from cxr.runtime import seeded_sample
 
 CHECKS = Registry("guardrail check")
 CheckName = CHECKS.choice()
@@ -104,19 +105,13 @@ def thumbnails(images: np.ndarray) -> np.ndarray:
                      for i in images]).reshape(len(images), -1).astype(np.float32) / 255
 
 
-def _sample(images: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    if len(images) <= limit:
-        return images
-    return images[np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))]
-
-
 def fit_guardrails(checkpoint: Checkpoint, train: np.ndarray, val: np.ndarray,
                    cfg: GuardrailConfig = GuardrailConfig(), seed: int = 0, device: str = "auto") -> Checkpoint:
     """``checkpoint`` with the polarity model and the feature Gaussian fitted on ``train`` (uint8
     (N, H, W)) and the distance threshold set on ``val``; the model weights are unchanged."""
     if len(train) < 10 or len(val) < 2:
         raise ValueError(f"guardrails need at least 10 train and 2 val images, got {len(train)} and {len(val)}")
-    train = _sample(train, cfg.max_fit_images, seed)
+    train = seeded_sample(train, cfg.max_fit_images, seed)
     gaussian = LedoitWolf().fit(penultimate_features(checkpoint, train, device=device).astype(np.float64))
     val_distance = gaussian.mahalanobis(penultimate_features(checkpoint, val, device=device).astype(np.float64))
     thumbs = thumbnails(train)

@@ -75,10 +75,10 @@ def predict_sources(model: ServedModel, sources: Sequence[ImageSource], ids: Seq
     points = served_operating_points(model)
     if operating_point:
         check_point(points, operating_point)  # before any decoding
-    keys = [str(i) for i in range(len(sources))]
+    keys = [str(i) for i in range(len(sources))]  # row numbers: unique, whatever the ids
     members = model.members if isinstance(model, EnsembleModel) else {"model": model}
     decoded, errors = decode_members(members, sources, keys, names)
-    good = [k for k in keys if int(k) not in errors]
+    good = [key for i, key in enumerate(keys) if i not in errors]
     decoded = {key: images.subset(np.flatnonzero(images.manifest["id"].isin(good))) for key, images in decoded.items()}
     labels = served_labels(model)
     predicted = (predict_members(model, members, decoded, views, batch_size, device, guardrails) if good
@@ -141,7 +141,8 @@ def example_request(side: int = 64) -> pd.DataFrame:
     """A one-row request with a generated PNG (a vertical gradient with a bright disc): the
     logged input example, which must never be a patient's image."""
     rows, cols = np.mgrid[:side, :side]
-    image = (rows * 200 / side + 40 * ((rows - side / 2) ** 2 + (cols - side / 2) ** 2 < (side / 4) ** 2)).astype(np.uint8)
+    disc = (rows - side / 2) ** 2 + (cols - side / 2) ** 2 < (side / 4) ** 2
+    image = (rows * 200 / side + 40 * disc).astype(np.uint8)
     _, png = cv2.imencode(".png", image)
     return pd.DataFrame({"id": ["example"], "image": [base64.b64encode(png.tobytes()).decode()]})
 
@@ -154,8 +155,12 @@ def predict_request(model: ServedModel, frame: pd.DataFrame, params: dict | None
     ``error``; a malformed request is a RequestError."""
     params = serve_params(params)
     points = served_operating_points(model)
-    if params["operating_point"] and params["operating_point"] not in points.get("thresholds", {}):
-        raise RequestError(f"unknown operating point; this model has {sorted(points.get('thresholds', {}))}")
+    if params["operating_point"]:
+        try:
+            check_point(points, params["operating_point"])
+        except ValueError:  # its message repeats the client's value
+            raise RequestError(f"unknown operating point; this model has {sorted(points.get('thresholds', {}))}") \
+                from None
     if not allow_paths and "path" in frame.columns and frame["path"].notna().any():
         raise RequestError("this server takes images as base64 bytes in an 'image' column, not server file paths "
                            "(start it with --allow-paths to let clients name files it can read)")

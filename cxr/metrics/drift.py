@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,7 @@ from cxr.errors import DataError
 from cxr.features.handcrafted import FEATURE_NAMES, handcrafted_features
 from cxr.models.checkpoint import EXTRA_PREFIX, Checkpoint
 from cxr.registry import Registry
+from cxr.runtime import seeded_sample
 
 DRIFT_TESTS = Registry("drift test")
 DriftTestName = DRIFT_TESTS.choice()
@@ -74,18 +76,16 @@ def histograms(images: np.ndarray) -> np.ndarray:
     return counts / flat.shape[1]
 
 
-def summaries(checkpoint: Checkpoint, images: np.ndarray, device: str = "auto") -> dict[str, np.ndarray]:
-    """What each test compares, per image: histograms, handcrafted features, penultimate features."""
-    return {"intensity": histograms(images),
-            "handcrafted": handcrafted_features(images).to_numpy(np.float32),
-            "embedding": penultimate_features(checkpoint, images, device=device).astype(np.float32)}
+SUMMARIES = {"intensity": lambda checkpoint, images, device: histograms(images),
+             "handcrafted": lambda checkpoint, images, device: handcrafted_features(images).to_numpy(np.float32),
+             "embedding": lambda checkpoint, images, device: penultimate_features(checkpoint, images, device=device)
+             .astype(np.float32)}
 
 
-def sample(images: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """At most ``limit`` of ``images``, a seeded sample in their order."""
-    if len(images) <= limit:
-        return images
-    return images[np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))]
+def summaries(checkpoint: Checkpoint, images: np.ndarray, device: str = "auto",
+              tests: Sequence[str] = tuple(SUMMARIES)) -> dict[str, np.ndarray]:
+    """What each of ``tests`` compares, per image: histograms, handcrafted features, penultimate features."""
+    return {name: SUMMARIES[name](checkpoint, images, device) for name in tests}
 
 
 def fit_drift(checkpoint: Checkpoint, val: np.ndarray, cfg: DriftConfig = DriftConfig(),
@@ -95,7 +95,7 @@ def fit_drift(checkpoint: Checkpoint, val: np.ndarray, cfg: DriftConfig = DriftC
         raise ValueError(f"the drift reference needs at least 2 val images, got {len(val)}")
     if len(val) < WEAK_REFERENCE:
         warnings.warn(f"a drift reference of {len(val)} val images can only see large shifts", stacklevel=2)
-    reference = summaries(checkpoint, sample(val, cfg.max_images, cfg.seed), device)
+    reference = summaries(checkpoint, seeded_sample(val, cfg.max_images, cfg.seed), device)
     state = checkpoint.state_dict | {PREFIX + name: torch.from_numpy(np.ascontiguousarray(values))
                                      for name, values in reference.items()}
     return replace(checkpoint, state_dict=state, meta=checkpoint.meta.model_copy(update={"drift": cfg.model_dump()}))
@@ -185,7 +185,7 @@ def drift_report(checkpoint: Checkpoint, images: np.ndarray, cfg: DriftConfig | 
                         "without guardrails; retrain it, or set drift.tests: [] (or drift.action: warn to skip)")
     if len(images) < 2:
         raise DataError(f"a drift check needs at least 2 images, got {len(images)}")
-    batch = summaries(checkpoint, sample(images, cfg.max_images, cfg.seed), device)
+    batch = summaries(checkpoint, seeded_sample(images, cfg.max_images, cfg.seed), device, cfg.tests)
     rows = []
     for name in cfg.tests:
         result = DRIFT_TESTS.create(name, batch[name].astype(np.float64), ref[name], cfg)

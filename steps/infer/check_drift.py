@@ -11,8 +11,10 @@ from zenml.logger import get_logger
 
 from cxr.data.imageset import ImageSet
 from cxr.infer.ensemble import EnsembleModel
-from cxr.infer.serving import preprocess_files
-from cxr.metrics.drift import DRIFT_ACTIONS, DriftConfig, drift_report, reference, sample
+from cxr.errors import DataError, list_problems
+from cxr.infer.serving import decode_members, serving_preprocess
+from cxr.metrics.drift import DRIFT_ACTIONS, DriftConfig, drift_report, reference
+from cxr.runtime import seeded_sample
 from steps.registry.lifecycle import served_model
 
 logger = get_logger(__name__)
@@ -30,7 +32,7 @@ def check_drift(images: ImageSet, model_uri: str, cfg: DriftConfig) -> Annotated
     """
     model = served_model(model_uri)
     members = model.members if isinstance(model, EnsembleModel) else {"model": model}
-    files = images.subset(sample(np.arange(len(images)), cfg.max_images, cfg.seed))
+    files = images.subset(seeded_sample(np.arange(len(images)), cfg.max_images, cfg.seed))
     reports = []
     skip = ("no tests are configured" if not cfg.tests else
             f"the batch has {len(images)} image(s), fewer than {MIN_IMAGES}" if len(images) < MIN_IMAGES else
@@ -39,9 +41,14 @@ def check_drift(images: ImageSet, model_uri: str, cfg: DriftConfig) -> Annotated
     if skip and (cfg.action == "warn" or not cfg.tests):
         logger.warning("no drift check of %s: %s", model_uri, skip)
         return pd.DataFrame(columns=["test", "statistic", "p_value", "alpha", "drifted", "features"])
+    paths = files.manifest["path"].tolist()
+    decoded, errors = decode_members(members, paths, files.ids, paths)  # once per distinct preprocessing
+    if errors:
+        raise DataError(f"{len(errors)} image(s) of the batch could not be decoded:"
+                        + list_problems(list(errors.values())))
     for name, checkpoint in members.items():
-        decoded = preprocess_files(checkpoint, files.manifest["path"].tolist(), files.ids).images
-        reports.append(drift_report(checkpoint, decoded, cfg).assign(member=name))
+        pixels = decoded[serving_preprocess(checkpoint).model_dump_json()].images
+        reports.append(drift_report(checkpoint, pixels, cfg).assign(member=name))
     report = pd.concat(reports, ignore_index=True)
     ensemble = isinstance(model, EnsembleModel)
     if not ensemble:

@@ -10,7 +10,8 @@ from zenml.logger import get_logger
 
 from cxr.data.imageset import ImageSet
 from cxr.infer.guardrails import GuardrailConfig, fit_guardrails as fit, guard
-from cxr.metrics.drift import DriftConfig, drift_report, fit_drift, sample
+from cxr.metrics.drift import DriftConfig, drift_report, fit_drift
+from cxr.runtime import seeded_sample
 from cxr.models.checkpoint import Checkpoint
 from steps.caching import code_cache_policy
 from steps.tracking import flatten
@@ -43,7 +44,7 @@ def fit_guardrails(checkpoint: Checkpoint, images: ImageSet, cfg: GuardrailConfi
     if drift is None:
         return guarded
     guarded = fit_drift(guarded, images.split("val").images, drift)
-    train = drift_report(guarded, sample(images.split("train").images, drift.max_images, drift.seed + 1), drift)
+    train = drift_report(guarded, seeded_sample(images.split("train").images, drift.max_images, drift.seed + 1), drift)
     mlflow.log_metrics({f"drift/train_{r.test}_p_value": float(r.p_value) for r in train.itertuples()})
     logger.info("drift reference: %d val images; train against it: %s", min(len(images.split("val")),
                 drift.max_images), ", ".join(f"{r.test} p={r.p_value:.3g}" for r in train.itertuples()))

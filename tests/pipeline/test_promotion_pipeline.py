@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tests.helpers import write_class_tree
+from tests.helpers import free_port, write_class_tree
 from tests.pipeline.conftest import folders_source, output, run_and_fetch, use_stack_tracking, write_yaml
 
 pytestmark = pytest.mark.slow
@@ -236,14 +236,6 @@ def real_batch(promotion_runs, real_data_dir: Path, tmp_path_factory) -> dict:
     run_and_fetch("infer", config, "promotion-infer-real")
     return {"written": pd.read_csv(folder / "predictions.csv", dtype={"id": str}).set_index("id"),
             "scans": sorted((folder / "scans").iterdir())}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_served_version_scores_real_xray_bytes_as_the_batch_pipeline(real_batch, tmp_path: Path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,15 +18,9 @@ import requests
 
 from cxr.infer.http import create_app
 from cxr.infer.serving import predict_files, predict_request
-from tests.helpers import random_checkpoint
+from tests.helpers import free_port, random_checkpoint
 
 LIMIT = 200_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(app) -> tuple[str, object, threading.Thread]:
