@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import traceback
 
+from cxr.errors import ConfigError, DataError, NotRegisteredError, RequestError
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from pipelines.runner import (PIPELINES, export, info, predict, rollback, run_pipeline, serve, setup_stack,
                               tracking_uri, write_card)
@@ -37,9 +39,10 @@ def report_rollback(name: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default: the command line), run one command; returns the exit status."""
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's commands and options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of a config or data error")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("setup", help="create and activate the local MLflow stack (idempotent)")
     train_cmd = commands.add_parser("train", help="run the training pipeline")
@@ -94,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--gradcam", metavar="OUT_DIR", help="write Grad-CAM overlays of the top findings here")
     pred.add_argument("--top", type=int, default=3, help="findings per Grad-CAM image")
     pred.add_argument("--csv", help="also write the probabilities to this CSV")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; returns the exit status."""
     if args.command == "setup":
         print(f"active stack: {setup_stack()}; MLflow tracking URI: {tracking_uri()}")
     elif args.command in PIPELINES:
-        run = run_pipeline(args.command, args.config, args.run_name)
+        run = run_pipeline(args.command, args.config, args.run_name, args.debug)
         print(f"pipeline run {run.name}: {run.status}; MLflow tracking URI: {tracking_uri()}")
     elif args.command == "mlflow-ui":
         setup_stack()
@@ -121,6 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "info":
         print(info())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line), run one command; returns the exit status: 2 for a
+    config error, 1 for bad data or a missing model, each one line on stderr (``--debug``: the traceback)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except (ConfigError, DataError, RequestError, NotRegisteredError, FileNotFoundError) as error:
+        if args.debug:
+            traceback.print_exc()
+        config_error = isinstance(error, ConfigError)
+        print(error if config_error else f"error: {error}", file=sys.stderr)
+        return 2 if config_error else 1
 
 
 if __name__ == "__main__":

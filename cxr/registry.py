@@ -23,6 +23,8 @@ from typing import Annotated, Any, Callable, Mapping
 
 from pydantic import AfterValidator, Field
 
+from cxr.errors import did_you_mean
+
 
 class Registry:
     """Constructors registered under lowercase names; ``create`` drops None kwargs."""
@@ -49,7 +51,8 @@ class Registry:
     def check(self, name: str) -> str:
         """``name`` if registered; else a ValueError that lists the valid names."""
         if name not in self._items:
-            raise ValueError(f"unknown {self.kind} {name!r}; choose from {self.names()}")
+            raise ValueError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; "
+                             f"choose from {self.names()}")
         return name
 
     def choice(self) -> Any:

@@ -8,11 +8,14 @@ importing this module is cheap and ``fresh_home`` can still redirect ZenML after
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
+
+from cxr.errors import ConfigError, DataError, NotRegisteredError
 
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -67,21 +70,69 @@ def tracking_uri() -> str:
     return Client().active_stack.experiment_tracker.get_tracking_uri()
 
 
-def run_pipeline(command: str, config: str, run_name: str | None = None):
-    """Run the pipeline behind ``command`` (train, ensemble, infer) with a YAML config; returns
-    the pipeline run.
+def pipeline_of(command: str):
+    """The ZenML pipeline behind a CLI ``command`` (train, ensemble, infer)."""
+    module, attribute = PIPELINES[command]
+    return getattr(importlib.import_module(module), attribute)
+
+
+def run_pipeline(command: str, config: str, run_name: str | None = None, debug: bool = False):
+    """Run the pipeline behind ``command`` (train, ensemble, infer) with a YAML config, checked whole
+    first (a ConfigError names the file and key); returns the pipeline run. A step that fails with a
+    DataError raises it here, naming the step, and is logged without its traceback unless ``debug``.
 
     The source root is pinned to the repository root, so step sources and the core files that
     cache keys hash resolve the same way from any caller (CLI, pytest, notebooks).
     """
     from zenml.utils import source_utils
 
-    module, attribute = PIPELINES[command]
-    pipeline = getattr(importlib.import_module(module), attribute)
+    from pipelines.config_check import check_config
+
+    pipeline = pipeline_of(command)
+    check_config(pipeline, config)
+    if not debug:
+        quiet_known_errors()
     source_utils.set_custom_source_root(str(REPO_ROOT))
     setup_stack()
     name = run_name or f"{command}-{os.path.splitext(os.path.basename(config))[0]}-{datetime.now():%Y%m%d-%H%M%S}"
-    return pipeline.with_options(config_path=config, run_name=name)()
+    try:
+        return pipeline.with_options(config_path=config, run_name=name)()
+    except RuntimeError as error:
+        raise failed_step_error(name) or error
+
+
+KNOWN_ERRORS = {f"cxr.errors.{cls.__name__}": cls for cls in (DataError, ConfigError)}
+
+
+def failed_step_error(run_name: str) -> Exception | None:
+    """The cxr error (DataError, ...) that failed a step of run ``run_name``, as that class with the
+    step named, from ZenML's record of the step; None when no step failed with one."""
+    from zenml.client import Client
+
+    for step_name, step in Client().get_pipeline_run(run_name).steps.items():
+        info = step.exception_info
+        if str(step.status.value) == "failed" and info is not None and info.source in KNOWN_ERRORS:
+            if KNOWN_ERRORS[info.source] is ConfigError:
+                return ConfigError(f"step {step_name}", info.message)
+            return DataError(f"step {step_name}: {info.message}")
+    return None
+
+
+class KnownErrorTracebacks(logging.Filter):
+    """Drops the traceback from log records of a known error (DataError, ...): its message says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0] if record.exc_info else None
+        if kind is not None and issubclass(kind, tuple(KNOWN_ERRORS.values())):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_known_errors() -> None:
+    """Log known errors without their traceback on every root handler (ZenML's console among them), once."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, KnownErrorTracebacks) for f in handler.filters):
+            handler.addFilter(KnownErrorTracebacks())
 
 
 def train(config: str, run_name: str | None = None):
@@ -131,7 +182,7 @@ def write_card(name: str, version: int | None = None, out: str | None = None) ->
         champion = alias_version(client, name, CHAMPION)
         versions = client.search_model_versions(f"name='{name}'")
         if champion is None and not versions:
-            raise ValueError(f"registered model {name!r} has no versions")
+            raise NotRegisteredError(f"registered model {name!r} has no versions")
         version = int(champion.version) if champion else max(int(v.version) for v in versions)
     path = Path(out or f"outputs/model_card_{name}_v{version}.html")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +202,7 @@ def registered(name: str, alias: str = "champion", version: int | None = None):
         try:
             version = int(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
         except mlflow.exceptions.MlflowException:
-            raise ValueError(f"registered model {name!r} has no version with alias {alias!r}") from None
+            raise NotRegisteredError(f"registered model {name!r} has no version with alias {alias!r}") from None
     return version, served_model(f"models:/{name}/{version}")
 
 
@@ -225,10 +276,10 @@ def predict(target: str, checkpoint_dir: str | None, artifact: str, tta: bool, g
 
     path = Path(target)
     if not path.exists():
-        raise FileNotFoundError(f"no image or folder at {path}")
+        raise DataError(f"no image or folder at {path}")
     files = list_images(path) if path.is_dir() else [path]
     if not files:
-        raise FileNotFoundError(f"no images (.png, .jpg, ...) in {path}")
+        raise DataError(f"no images (.png, .jpg, ...) in {path}")
     checkpoint = load_model(checkpoint_dir, artifact)
     images = preprocess_files(checkpoint, [str(f) for f in files], [f.name for f in files])
     labels = list(checkpoint.meta.label_names)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cxr.adapt.batchnorm import adabn_checkpoint, batchnorm_layers
 from cxr.adapt.selftrain import SelfTrainConfig, self_train
 from cxr.data.imageset import ImageSet
-from cxr.errors import DataError
+from cxr.errors import ConfigError, DataError, did_you_mean
 from cxr.models.checkpoint import Checkpoint
 from cxr.train.config import TrainConfig
 
@@ -82,6 +82,8 @@ def check_adapt_target(cfg: AdaptConfig, has_test: bool, external_names: list[st
     known = (["test"] if has_test else []) + list(external_names)
     if cfg.target not in known:
         hint = " (set test_data)" if cfg.target == "test" else ""
-        raise ValueError(f"adapt.target is {cfg.target!r}, which this run does not have{hint}; choose from {known}")
+        raise ConfigError("parameters.adapt.target", f"{cfg.target!r} is a set this run does not have{hint}; "
+                          f"choose from {known}{did_you_mean(cfg.target, known)}")
     if cfg.ssl and not has_ssl:
-        raise ValueError("adapt.ssl adds the target images to the SSL pool, but parameters.ssl is not set")
+        raise ConfigError("parameters.adapt.ssl",
+                          "adds the target images to the SSL pool, but parameters.ssl is not set")

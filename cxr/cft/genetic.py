@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
+from cxr.progress import progress_bar
 
 from cxr.cft.fitness import FitnessName, population_auc, population_fitness, population_logits
 from cxr.runtime import resolve_device
@@ -134,7 +134,7 @@ def category_finetune(train_x: np.ndarray, train_labels: np.ndarray, train_mask:
     new_weight, new_bias = weight.detach().clone().float(), bias.detach().clone().float()
     generator = torch.Generator().manual_seed(cfg.seed)
     rows = []
-    for j, name in enumerate(tqdm(label_names, desc="cft", disable=not progress)):
+    for j, name in enumerate(progress_bar(label_names, desc="cft", disable=not progress)):
         started = time.perf_counter()
         x_tr, y_tr = known_rows(xt, train_labels, train_mask, j)
         x_va, y_va = known_rows(xv, val_labels, val_mask, j)

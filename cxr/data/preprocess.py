@@ -15,7 +15,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
+from cxr.progress import progress_bar
 
 from cxr.data.decode import ResizePolicy, decode_bytes, decode_source, resize_square
 from cxr.data.dicom import DicomConfig
@@ -94,7 +94,7 @@ def _prepare_all(work, n: int, cfg: PreprocessConfig, progress: bool):
     try:
         with ThreadPoolExecutor(workers) as pool:
             results = pool.map(work, range(n))
-            for i, result in enumerate(tqdm(results, total=n, desc="preprocess", disable=not progress)):
+            for i, result in enumerate(progress_bar(results, total=n, desc="preprocess", disable=not progress)):
                 if isinstance(result, str):
                     failed.append((i, result))
                 else:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import pandas as pd
-from tqdm.auto import tqdm
+from cxr.progress import progress_bar
 
 from cxr.data.imageset import ImageSet
 from cxr.infer.serving import ServedModel, predict_files
@@ -26,7 +26,7 @@ def predict_chunks(model: ServedModel, images: ImageSet, views: Sequence[str] = 
     number of files.
     """
     paths, ids = images.manifest["path"].tolist(), images.ids
-    for start in tqdm(range(0, len(paths), chunk_size), desc="predict", unit="chunk", disable=not progress):
+    for start in progress_bar(range(0, len(paths), chunk_size), desc="predict", unit="chunk", disable=not progress):
         yield predict_files(model, paths[start:start + chunk_size], ids[start:start + chunk_size], views,
                             batch_size, device, guardrails, operating_point)
 

@@ -14,7 +14,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxr.data.imageset import ImageSet
-from cxr.errors import DataError
+from cxr.errors import ConfigError, DataError, did_you_mean
 from cxr.metrics.classification import label_report, summary_metrics
 
 
@@ -81,9 +81,10 @@ def check_set_names(uses: Mapping[str, str], has_proxy: bool, external_names: li
     """Raise, naming the key, if a setting (e.g. ``promotion.holdout``) names a set the run does
     not have; external names must be unique."""
     if len(set(external_names)) != len(external_names):
-        raise ValueError(f"parameters.external names must be unique, got {external_names}")
+        raise ConfigError("parameters.external", f"names must be unique, got {external_names}")
     known = ["val"] + (["proxy"] if has_proxy else []) + list(external_names)
     for key, name in uses.items():
         if name not in known:
             hint = " (set split.proxy)" if name == "proxy" else ""
-            raise ValueError(f"{key} is {name!r}, which this run does not have{hint}; choose from {known}")
+            raise ConfigError(f"parameters.{key}", f"{name!r} is a set this run does not have{hint}; "
+                                                   f"choose from {known}{did_you_mean(name, known)}")

@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tqdm.auto import tqdm
+from cxr.progress import progress_bar
 
 from cxr.adapt.batchnorm import adapt_batchnorm
 from cxr.data.corruptions import CORRUPTIONS, SEVERITIES, CorruptionName, corrupt
@@ -71,7 +71,7 @@ def robustness_table(checkpoint: Checkpoint, part: ImageSet, cfg: RobustnessConf
 
     rows = [{"corruption": "none", "severity": 0, "auc": auc(sample.images)}]
     grid = [(name, s) for name in cfg.corruptions for s in cfg.severities]
-    for name, severity in tqdm(grid, desc="corruptions", disable=not progress, leave=False):
+    for name, severity in progress_bar(grid, desc="corruptions", disable=not progress, leave=False):
         rows.append({"corruption": name, "severity": severity,
                      "auc": auc(corrupt(sample.images, name, severity, cfg.seed))})
     return pd.DataFrame(rows)

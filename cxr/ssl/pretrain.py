@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from lightly.utils.debug import std_of_l2_normalized
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tqdm.auto import tqdm
+from cxr.progress import progress_bar, write_line
 
 from cxr.models.backbones import create_backbone, feature_dim
 from cxr.models.checkpoint import BackboneCheckpoint, BackboneMeta
@@ -131,8 +131,8 @@ def pretrain(images: np.ndarray, backbone: str, cfg: SSLConfig, pairs: np.ndarra
             method.train()
             started, losses, scores = time.perf_counter(), [], []
             order = torch.randperm(len(positives), generator=generator)[:steps_per_epoch * cfg.batch_size]
-            bar = tqdm(order.view(steps_per_epoch, cfg.batch_size), desc=f"ssl {cfg.method} {epoch}/{cfg.epochs}",
-                       disable=not progress, leave=False)
+            bar = progress_bar(order.view(steps_per_epoch, cfg.batch_size), disable=not progress, leave=False,
+                               desc=f"ssl {cfg.method} {epoch}/{cfg.epochs}", every=0.25)
             for batch in bar:
                 chosen = positives[batch.numpy()]
                 unique, inverse = np.unique(chosen, return_inverse=True)
@@ -159,7 +159,7 @@ def pretrain(images: np.ndarray, backbone: str, cfg: SSLConfig, pairs: np.ndarra
             if on_epoch is not None:
                 on_epoch(row)
             if progress:
-                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+                write_line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     meta = BackboneMeta(backbone=backbone, image_size=int(images.shape[-1]), method=cfg.method,
                         positives=cfg.positives, epochs=cfg.epochs, mean=mean, std=std,
                         final_loss=history[-1]["loss"], embedding_std=history[-1]["embedding_std"])

@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch.utils.data import WeightedRandomSampler
-from tqdm.auto import tqdm
+from cxr.progress import progress_bar, write_line
 
 from cxr.data.imageset import ImageSet
 from cxr.data.split import check_val_classes
@@ -260,8 +260,8 @@ def train_epoch(state: TrainState, train: ImageSet, weights: np.ndarray | None, 
     order = rows[epoch_order(len(rows), None if weights is None else weights[rows], state.order_generator,
                              state.cfg.samples_per_epoch).numpy()]
     order = order[:shard_rows(len(order), state.world) * state.world][state.rank::state.world]
-    bar = tqdm(list(batches(torch.from_numpy(order), state.cfg.batch_size)),
-               desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(list(batches(torch.from_numpy(order), state.cfg.batch_size)),
+                       desc=desc, disable=not progress, leave=False, every=0.25)
     for idx in bar:
         loss = train_step(state, train, idx)
         seen += len(idx)
@@ -330,7 +330,7 @@ def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig
             if on_epoch is not None:
                 on_epoch(row)
             if progress:
-                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+                write_line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             if candidate and (best is None or row[select] > best[select]):
                 best_state, best, stale = cpu_state(state.evaluated), row, 0
             else:

@@ -136,7 +136,7 @@ def test_adapt_target_must_name_a_set_of_the_run():
 
     check_adapt_target(AdaptConfig(), has_test=True, external_names=[], has_ssl=False)
     check_adapt_target(AdaptConfig(target="site_b"), has_test=False, external_names=["site_b"], has_ssl=False)
-    with pytest.raises(ValueError, match=r"adapt.target is 'test'.*set test_data"):
+    with pytest.raises(ValueError, match=r"parameters.adapt.target: .test. is a set.*set test_data"):
         check_adapt_target(AdaptConfig(), has_test=False, external_names=["site_b"], has_ssl=False)
     with pytest.raises(ValueError, match="parameters.ssl is not set"):
         check_adapt_target(AdaptConfig(ssl=True), has_test=True, external_names=[], has_ssl=False)

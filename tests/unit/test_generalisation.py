@@ -144,7 +144,7 @@ class TestSetMetrics:
 
 def test_settings_naming_a_missing_set_are_refused():
     check_set_names({"promotion.holdout": "site_b"}, True, ["site_b"])
-    with pytest.raises(ValueError, match="promotion.holdout is 'proxy'.*set split.proxy"):
+    with pytest.raises(ValueError, match="parameters.promotion.holdout: 'proxy' is a set.*set split.proxy"):
         check_set_names({"promotion.holdout": "proxy"}, False, [])
     with pytest.raises(ValueError, match="unique"):
         check_set_names({}, False, ["a", "a"])

@@ -66,14 +66,15 @@ def test_a_name_registers_once():
 def test_train_config_names_come_from_registries(field: str, bad: str):
     from cxr.train.config import TrainConfig
 
-    with pytest.raises(ValidationError, match=f"unknown .*'{bad}'; choose from"):
+    with pytest.raises(ValidationError, match=f"unknown .*'{bad}'.*; choose from"):
         TrainConfig(**{field: bad})
 
 
 def test_a_misspelt_head_fails_when_the_config_is_validated():
     from cxr.models.classifier import ModelConfig
 
-    with pytest.raises(ValidationError, match=r"unknown head 'atention'; choose from \['attention', 'linear', 'mlp'\]"):
+    with pytest.raises(ValidationError,
+                       match=r"unknown head 'atention' \(did you mean 'attention'\?\); choose from \['attention', 'linear', 'mlp'\]"):
         ModelConfig(head="atention")
 
 
