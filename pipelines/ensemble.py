@@ -17,7 +17,7 @@ from cxr.lifecycle.promotion import PromotionConfig
 from cxr.metrics.generalisation import check_set_names
 from cxr.models.classifier import ModelConfig
 from cxr.train.config import TrainConfig
-from steps.data import ingest, preprocess_images, split_dataset
+from steps.data import check_test_inputs, ingest, preprocess_images, split_dataset
 from steps.ensemble import ensemble_predictions
 from steps.evaluate import evaluate
 from steps.infer import submission, tta_predict
@@ -58,15 +58,18 @@ def ensemble_pipeline(
     """
     check_set_names({f"members[{m.name}].train.select_on": m.train.select_on for m in members}
                     | ({"promotion.holdout": promotion.holdout} if promotion else {}), split.proxy is not None, [])
-    images = preprocess_images(images=split_dataset(images=ingest(source=data), cfg=split), cfg=preprocess)
-    test_images = preprocess_images(images=ingest(source=test_data, id="ingest_test"), cfg=preprocess,
-                                    id="preprocess_test")
+    images = split_dataset(images=ingest(source=data), cfg=split)
+    test_listed = ingest(source=test_data, id="ingest_test")
+    check_test_inputs(images=images, test_images=test_listed, sample_submission=sample_submission)
+    images = preprocess_images(images=images, cfg=preprocess)
+    test_images = preprocess_images(images=test_listed, cfg=preprocess, id="preprocess_test")
     checkpoints, val_predictions, test_predictions, history = [], [], [], None
     # each member's params and curves go to its own nested MLflow run, not the pipeline's one
     member_finetune = finetune.with_options(settings={"experiment_tracker.mlflow": {"nested": True}})
     for member in members:
         checkpoint, history = member_finetune(images=images, model=member.model, train=member.train,
-                                              preprocess=preprocess.model_dump(), id=f"finetune_{member.name}")
+                                              preprocess=preprocess.model_dump(), id=f"finetune_{member.name}",
+                                              after=["check_test_inputs"])
         checkpoints.append(checkpoint)
         val_predictions.append(tta_predict(checkpoint=checkpoint, images=images, subset="val", views=tta_views,
                                            id=f"tta_val_{member.name}"))

@@ -29,7 +29,7 @@ from cxr.metrics.robustness import RobustnessConfig
 from cxr.models.classifier import ModelConfig
 from cxr.ssl.pretrain import SSLConfig
 from cxr.train.config import TrainConfig
-from steps.data import audit_leakage, ingest, preprocess_images, split_dataset
+from steps.data import audit_leakage, check_test_inputs, ingest, preprocess_images, split_dataset
 from steps.evaluate import calibrate, evaluate, evaluate_external, generalisation_report, robustness as score_robustness
 from steps.infer import submission, tta_predict
 from steps.registry import model_card, promote_model, register_model
@@ -102,21 +102,23 @@ def training_pipeline(
                     split.proxy is not None, names)
     if adapt is not None:
         check_adapt_target(adapt, test_data is not None, names, ssl is not None)
-    images = ingest(source=data)
-    images = split_dataset(images=images, cfg=split)
+    images = split_dataset(images=ingest(source=data), cfg=split)
+    before_training = []
+    if test_data is not None:
+        test_listed = ingest(source=test_data, id="ingest_test")
+        check_test_inputs(images=images, test_images=test_listed, sample_submission=sample_submission)
+        before_training = ["check_test_inputs"]
     images = preprocess_images(images=images, cfg=preprocess)
     external_images = {entry.name: preprocess_images(images=ingest(source=entry.data, id=f"ingest_external_{entry.name}"),
                                                      cfg=preprocess, id=f"preprocess_external_{entry.name}")
                        for entry in external}
     test_images = None
     if test_data is not None:
-        test_images = preprocess_images(images=ingest(source=test_data, id="ingest_test"), cfg=preprocess,
-                                        id="preprocess_test")
-    before_training = []
+        test_images = preprocess_images(images=test_listed, cfg=preprocess, id="preprocess_test")
     if audit is not None:
         others = {**external_images, **({"test": test_images} if test_images is not None else {})}
         audit_leakage(images=images, others=list(others.values()), other_names=list(others), cfg=audit)
-        before_training = ["audit_leakage"]
+        before_training.append("audit_leakage")
     target = None if adapt is None else test_images if adapt.target == "test" else external_images[adapt.target]
     ssl_backbone = None
     if ssl is not None:
