@@ -33,6 +33,13 @@ class NoAverage:
     def weights(self, model: nn.Module) -> nn.Module:
         return model
 
+    def state_dict(self) -> dict:
+        """The averaged weights so far, to resume from."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
+
 
 class ExponentialAverage(NoAverage):
     """An exponential moving average of weights and buffers after every optimizer step, with
@@ -47,6 +54,12 @@ class ExponentialAverage(NoAverage):
 
     def weights(self, model: nn.Module) -> nn.Module:
         return self.ema.module
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.module.load_state_dict(state["ema"])
 
 
 class StochasticAverage(NoAverage):
@@ -69,6 +82,12 @@ class StochasticAverage(NoAverage):
 
     def weights(self, model: nn.Module) -> nn.Module:
         return self.swa.module if self.swa.n_averaged.item() else model
+
+    def state_dict(self) -> dict:
+        return {"swa": self.swa.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.swa.load_state_dict(state["swa"])
 
 
 @AVERAGING.register("none")

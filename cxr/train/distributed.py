@@ -26,6 +26,7 @@ from cxr.models.classifier import ModelConfig
 from cxr.runtime import resolve_device
 from cxr.train.config import TrainConfig
 from cxr.train.loop import FitResult, check_fit_inputs, fit
+from cxr.train.resume import ResumeStore
 
 CONFIG, BACKBONE, RESULT, HISTORY = "config.json", "backbone", "checkpoint", "history.parquet"
 
@@ -39,11 +40,14 @@ def launch_command(processes: int, folder: Path) -> list[str]:
 def fit_data_parallel(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
                       preprocess: dict | None = None, progress: bool = True,
                       on_epoch: Callable[[dict], None] | None = None,
-                      backbone_init: BackboneCheckpoint | None = None, proxy: ImageSet | None = None) -> FitResult:
+                      backbone_init: BackboneCheckpoint | None = None, proxy: ImageSet | None = None,
+                      resume: ResumeStore | None = None) -> FitResult:
     """``fit`` in ``cfg.processes`` processes; same arguments and result.
 
     The workers have no tracker, so ``on_epoch`` receives the history rows after training.
-    A worker failure raises with its exit code; its traceback is on stderr above.
+    A worker failure raises with its exit code; its traceback is on stderr above. With
+    ``resume`` each process keeps its own state in a ``rank<i>`` subfolder; a store kept
+    elsewhere (a remote artifact store) is pulled before the start and pushed when the workers end.
     """
     check_fit_inputs(train, val, proxy, cfg)
     with tempfile.TemporaryDirectory(prefix="cxr-ddp-") as scratch:
@@ -55,10 +59,18 @@ def fit_data_parallel(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cf
             save_imageset(part, str(folder / name))
         (folder / CONFIG).write_text(json.dumps({"model": model_cfg.model_dump(mode="json"),
                                                  "train": cfg.model_dump(mode="json"),
-                                                 "preprocess": preprocess, "progress": progress}))
+                                                 "preprocess": preprocess, "progress": progress,
+                                                 "resume": None if resume is None else
+                                                 [str(resume.folder), resume.fingerprint]}))
         if backbone_init is not None:
             save_checkpoint(backbone_init, folder / BACKBONE)
-        done = subprocess.run(launch_command(cfg.processes, folder), env=os.environ | {"PYTHONUNBUFFERED": "1"})
+        if resume is not None:
+            resume.pull()
+        try:
+            done = subprocess.run(launch_command(cfg.processes, folder), env=os.environ | {"PYTHONUNBUFFERED": "1"})
+        finally:
+            if resume is not None:
+                resume.push()
         if done.returncode != 0:
             raise RuntimeError(f"data-parallel fine-tune with {cfg.processes} processes failed "
                                f"(torchrun exit {done.returncode}); the worker traceback is above")
@@ -77,9 +89,10 @@ def worker(folder: Path) -> None:
     backbone = load_checkpoint(folder / BACKBONE, BackboneCheckpoint) if (folder / BACKBONE).exists() else None
     parts = {name: load_imageset(str(folder / name), mmap=True) if (folder / name).exists() else None
              for name in ("train", "val", "proxy")}
+    resume = None if config["resume"] is None else ResumeStore(*config["resume"]).rank(accelerator.process_index)
     result = fit(parts["train"], parts["val"], ModelConfig.model_validate(config["model"]), cfg,
                  preprocess=config["preprocess"], progress=config["progress"] and accelerator.is_main_process,
-                 backbone_init=backbone, accelerator=accelerator, proxy=parts["proxy"])
+                 backbone_init=backbone, accelerator=accelerator, proxy=parts["proxy"], resume=resume)
     if accelerator.is_main_process:
         save_checkpoint(result.checkpoint, folder / RESULT)
         result.history.to_parquet(folder / HISTORY, index=False)

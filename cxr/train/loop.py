@@ -8,6 +8,7 @@ trains on its stride of the epoch order through DDP and predicts its share of va
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -20,7 +21,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch.utils.data import WeightedRandomSampler
-from cxr.progress import progress_bar, write_line
 
 from cxr.data.imageset import ImageSet
 from cxr.data.split import check_val_classes
@@ -29,6 +29,7 @@ from cxr.infer.predict import predict_proba
 from cxr.metrics.classification import mean_auc
 from cxr.models.checkpoint import BackboneCheckpoint, Checkpoint, CheckpointMeta, cpu_state
 from cxr.models.classifier import Classifier, ModelConfig
+from cxr.progress import progress_bar, write_line
 from cxr.runtime import deterministic, image_stats, resolve_device
 from cxr.train.augment import augment_batch
 from cxr.train.averaging import NoAverage, create_averaging
@@ -36,6 +37,7 @@ from cxr.train.config import TrainConfig
 from cxr.train.losses import MaskedBCELoss, create_loss
 from cxr.train.mixing import mix_batch
 from cxr.train.optim import Schedule, balanced_sample_weights, create_optimizer, create_schedule
+from cxr.train.resume import ResumeStore, StopRequest, rng_state, set_rng_state
 
 
 @dataclass
@@ -250,27 +252,57 @@ def train_step(state: TrainState, train: ImageSet, idx: np.ndarray) -> float:
     return loss.item()
 
 
-def train_epoch(state: TrainState, train: ImageSet, weights: np.ndarray | None, desc: str,
-                progress: bool) -> tuple[float, int, float]:
-    """(mean train loss, images seen, seconds) of one pass over a shuffled or weighted order;
-    over all processes when there are several."""
-    state.net.train()
-    started, seen, loss_sum = time.perf_counter(), 0, 0.0
+@dataclass
+class EpochProgress:
+    """Where an epoch stopped: its batch order, batches done and the running loss, to resume it."""
+
+    order: torch.Tensor
+    position: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    seconds: float = 0.0
+
+
+class Interrupted(Exception):
+    """A stop was requested (SIGINT/SIGTERM) mid-epoch; carries where the epoch stood."""
+
+    def __init__(self, progress: EpochProgress):
+        super().__init__("training interrupted")
+        self.progress = progress
+
+
+def epoch_batches(state: TrainState, train: ImageSet, weights: np.ndarray | None) -> torch.Tensor:
+    """This epoch's shuffled or weighted order of this process's rows."""
     rows = epoch_rows(train, state.cfg.negative_keep_fraction, state.order_generator)
     order = rows[epoch_order(len(rows), None if weights is None else weights[rows], state.order_generator,
                              state.cfg.samples_per_epoch).numpy()]
-    order = order[:shard_rows(len(order), state.world) * state.world][state.rank::state.world]
-    bar = progress_bar(list(batches(torch.from_numpy(order), state.cfg.batch_size)),
-                       desc=desc, disable=not progress, leave=False, every=0.25)
+    return torch.from_numpy(order[:shard_rows(len(order), state.world) * state.world][state.rank::state.world])
+
+
+def train_epoch(state: TrainState, train: ImageSet, weights: np.ndarray | None, desc: str,
+                progress: bool, start: EpochProgress | None = None,
+                stop: StopRequest | None = None) -> tuple[float, int, float]:
+    """(mean train loss, images seen, seconds) of one pass over a shuffled or weighted order;
+    over all processes when there are several. ``start`` resumes an epoch where it stopped; a
+    requested ``stop`` raises Interrupted after the current step."""
+    state.net.train()
+    started = time.perf_counter()
+    done = start or EpochProgress(epoch_batches(state, train, weights))
+    chunks = list(batches(done.order, state.cfg.batch_size))
+    bar = progress_bar(chunks[done.position:], desc=desc, disable=not progress, leave=False, every=0.25)
     for idx in bar:
         loss = train_step(state, train, idx)
-        seen += len(idx)
-        loss_sum += loss * len(idx)
+        done.position, done.seen = done.position + 1, done.seen + len(idx)
+        done.loss_sum += loss * len(idx)
         bar.set_postfix(loss=f"{loss:.4f}")
+        if stop is not None and stop.signal is not None and done.position < len(chunks):
+            done.seconds += time.perf_counter() - started
+            raise Interrupted(done)
+    loss_sum, seen = done.loss_sum, done.seen
     if state.world > 1:
         loss_sum, seen = state.accelerator.reduce(torch.tensor([loss_sum, seen], dtype=torch.float64,
                                                                device=state.device), "sum").tolist()
-    return loss_sum / max(seen, 1), int(seen), time.perf_counter() - started
+    return loss_sum / max(seen, 1), int(seen), done.seconds + time.perf_counter() - started
 
 
 def evaluate_epoch(state: TrainState, parts: dict[str, ImageSet]) -> dict[str, float]:
@@ -295,11 +327,62 @@ def predict_val(state: TrainState, val: ImageSet) -> np.ndarray:
     return np.concatenate([p for p in gather_object([probs]) if len(p)])
 
 
+@dataclass
+class LoopState:
+    """What the epoch loop carries from one epoch to the next."""
+
+    history: list[dict]
+    best_state: dict | None = None
+    best: dict | None = None
+    stale: int = 0
+    epoch: int = 0
+    finished: bool = False
+    partial: EpochProgress | None = None
+
+
+def plain(row: dict) -> dict:
+    """A history row with numpy scalars as python ones, so a resume state loads with weights_only."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
+
+
+def snapshot(state: TrainState, loop: LoopState, partial: EpochProgress | None = None) -> dict:
+    """Everything ``restore`` needs to continue the run bit-identically."""
+    return {"epoch": loop.epoch, "finished": loop.finished, "stale": loop.stale,
+            "history": [plain(row) for row in loop.history], "best_state": loop.best_state,
+            "best_epoch": loop.best["epoch"] if loop.best else None,
+            "partial": None if partial is None else vars(partial).copy(),
+            "position": partial.position if partial else 0,
+            "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "schedule": state.schedule.state_dict(), "scaler": state.scaler.state_dict(),
+            "average": state.average.state_dict(), "steps_done": state.steps_done,
+            "generator": state.generator.get_state(), "order_generator": state.order_generator.get_state(),
+            "numpy_generator": state.rng.bit_generator.state, "rng": rng_state()}
+
+
+def restore(state: TrainState, saved: dict) -> LoopState:
+    """Put a ``snapshot`` back into ``state``; returns the loop's place."""
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.schedule.load_state_dict(saved["schedule"])
+    state.scaler.load_state_dict(saved["scaler"])
+    state.average.load_state_dict(saved["average"])
+    state.steps_done = saved["steps_done"]
+    state.generator.set_state(saved["generator"])
+    state.order_generator.set_state(saved["order_generator"])
+    state.rng.bit_generator.state = saved["numpy_generator"]
+    set_rng_state(saved["rng"])
+    history = saved["history"]
+    best = next((row for row in history if row["epoch"] == saved["best_epoch"]), None)
+    partial = EpochProgress(**saved["partial"]) if saved["partial"] else None
+    return LoopState(history, saved["best_state"], best, saved["stale"], saved["epoch"], saved["finished"], partial)
+
+
 def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
         preprocess: dict | None = None, progress: bool = True,
         on_epoch: Callable[[dict], None] | None = None,
         backbone_init: BackboneCheckpoint | None = None, accelerator: Accelerator | None = None,
-        proxy: ImageSet | None = None, init: Checkpoint | None = None) -> FitResult:
+        proxy: ImageSet | None = None, init: Checkpoint | None = None,
+        resume: ResumeStore | None = None) -> FitResult:
     """Train a classifier on ``train``, validate each epoch on ``val`` (and ``proxy``, when
     given), keep the best epoch by the mean AUC of the ``cfg.select_on`` split.
 
@@ -310,36 +393,78 @@ def fit(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig
     the same result. ``init`` continues from a trained checkpoint (weights and normalisation),
     e.g. for self-training. Under ``cfg.averaging`` the averaged weights are validated and
     checkpointed; SWA's candidates are only the epochs it has averaged.
+
+    With ``resume``, the loop continues from the state saved there (replaying the saved epochs'
+    rows to ``on_epoch``), saves its state after every epoch, and on SIGINT/SIGTERM after the
+    current step before it stops; the result is the same as an uninterrupted run's. The caller
+    clears the store once the result is safe.
     """
     check_fit_inputs(train, val, proxy, cfg)
     parts = {"val": val} | ({"proxy": proxy} if proxy is not None else {})
-    select = f"{cfg.select_on}_auc"
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    with deterministic(cfg.seed):
+    with deterministic(cfg.seed), (StopRequest() if resume is not None else contextlib.nullcontext()) as stop:
         state = build_state(train, model_cfg, cfg, backbone_init, accelerator, init)
         weights = balanced_sample_weights(train.labels, train.mask) if cfg.balanced_sampler else None
-        history, best_state, best, stale = [], None, None, 0
-        for epoch in range(1, cfg.epochs + 1):
-            train_loss, seen, seconds = train_epoch(state, train, weights, f"epoch {epoch}/{cfg.epochs}", progress)
-            candidate = state.average.end_epoch(state.model, epoch, train.images, state.mean, state.std)
-            row = {"epoch": epoch, "train_loss": train_loss, **evaluate_epoch(state, parts),
-                   "lr": state.optimizer.param_groups[0]["lr"], "train_seconds": seconds,
-                   "train_images_per_s": seen / seconds, "averaged": cfg.averaging != "none" and candidate}
-            history.append(row)
-            if on_epoch is not None:
+        saved = resume.load() if resume is not None else None
+        loop = restore(state, saved) if saved is not None else LoopState([])
+        if saved is not None:
+            write_line(resumed_from(loop, cfg.epochs, resume.folder))
+            for row in loop.history if on_epoch is not None else []:
                 on_epoch(row)
-            if progress:
-                write_line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            if candidate and (best is None or row[select] > best[select]):
-                best_state, best, stale = cpu_state(state.evaluated), row, 0
-            else:
-                stale += 1
-            state.schedule.step_epoch(row[select])
-            if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
-                break
-    frame = pd.DataFrame(history).assign(kept=[row is best for row in history])
-    return FitResult(best_checkpoint(state, best_state, best, model_cfg, train, preprocess), frame)
+        while not loop.finished and loop.epoch < cfg.epochs:
+            run_epoch(state, loop, train, weights, parts, progress, on_epoch, stop, resume)
+        if stop is not None and stop.signal is not None:
+            stop.stop()  # the signal came in the last step: the finished state is saved, so a re-run returns at once
+    frame = pd.DataFrame(loop.history).assign(kept=[row is loop.best for row in loop.history])
+    return FitResult(best_checkpoint(state, loop.best_state, loop.best, model_cfg, train, preprocess), frame)
+
+
+def resumed_from(loop: LoopState, epochs: int, folder) -> str:
+    """The one log line that says where a resumed run goes on from."""
+    if loop.finished:
+        return f"training had finished: {loop.epoch} epochs restored from {folder}"
+    batch = f", batch {loop.partial.position + 1}" if loop.partial else ""
+    return f"resuming training from epoch {loop.epoch + 1}{batch} of {epochs} (state in {folder})"
+
+
+def run_epoch(state: TrainState, loop: LoopState, train: ImageSet, weights: np.ndarray | None,
+              parts: dict[str, ImageSet], progress: bool, on_epoch: Callable[[dict], None] | None,
+              stop: StopRequest | None, resume: ResumeStore | None) -> None:
+    """Train, validate and keep-or-not one epoch, then save the resume state; on a stop request,
+    save where the epoch stood and stop."""
+    cfg, epoch, select = state.cfg, loop.epoch + 1, f"{state.cfg.select_on}_auc"
+    try:
+        train_loss, seen, seconds = train_epoch(state, train, weights, f"epoch {epoch}/{cfg.epochs}", progress,
+                                                loop.partial, stop)
+    except Interrupted as interrupted:
+        resume.save(snapshot(state, loop, interrupted.progress))
+        write_line(f"stopped in epoch {epoch} after batch {interrupted.progress.position}; state saved to "
+                   f"{resume.folder}: the same run resumes there")
+        stop.stop()
+    loop.partial = None
+    candidate = state.average.end_epoch(state.model, epoch, train.images, state.mean, state.std)
+    row = {"epoch": epoch, "train_loss": train_loss, **evaluate_epoch(state, parts),
+           "lr": state.optimizer.param_groups[0]["lr"], "train_seconds": seconds,
+           "train_images_per_s": seen / seconds, "averaged": cfg.averaging != "none" and candidate}
+    loop.history.append(row)
+    if on_epoch is not None:
+        on_epoch(row)
+    if progress:
+        write_line(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    if candidate and (loop.best is None or row[select] > loop.best[select]):
+        loop.best_state, loop.best, loop.stale = cpu_state(state.evaluated), row, 0
+    else:
+        loop.stale += 1
+    state.schedule.step_epoch(row[select])
+    loop.epoch = epoch
+    patience = cfg.early_stopping_patience
+    loop.finished = epoch == cfg.epochs or bool(patience and loop.stale >= patience)
+    if resume is not None:
+        resume.save(snapshot(state, loop))
+        if stop is not None and stop.signal is not None and not loop.finished:
+            write_line(f"stopped after epoch {epoch}; state saved to {resume.folder}: the same run resumes there")
+            stop.stop()
 
 
 def best_checkpoint(state: TrainState, best_state: dict, best: dict, model_cfg: ModelConfig,

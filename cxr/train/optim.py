@@ -66,6 +66,16 @@ class Schedule:
     def step_epoch(self, val_auc: float) -> None:
         """After each epoch's validation."""
 
+    def state_dict(self) -> dict:
+        """The torch scheduler's state and this wrapper's counters, to resume from."""
+        own = {k: v for k, v in vars(self).items() if k != "scheduler" and isinstance(v, (bool, int, float))}
+        return {"scheduler": self.scheduler.state_dict() if self.scheduler is not None else None, "own": own}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        vars(self).update(state["own"])
+
 
 @register_schedule("none")
 class ConstantSchedule(Schedule):

@@ -15,6 +15,7 @@ from cxr.train.config import TrainConfig
 from cxr.train.distributed import fit_data_parallel
 from cxr.train.loop import fit
 from steps.caching import code_cache_policy
+from steps.resume import resume_store
 from steps.tracking import epoch_logger, flatten
 
 logger = get_logger(__name__)
@@ -37,12 +38,19 @@ def finetune(images: ImageSet, model: ModelConfig, train: TrainConfig, preproces
     ``preprocess`` is the preprocessing settings as plain data, stored in the checkpoint so
     serving decodes alike; as data, not the config class, so that editing preprocessing code
     does not re-run training on bit-identical images.
+
+    Resumable: the loop saves its state after every epoch (and on SIGINT/SIGTERM) under the
+    artifact store's ``resume/finetune-<cache key>``; a re-run with the same inputs goes on from
+    there and ends as the uninterrupted run would. The state is removed when training returns.
     """
     mlflow.log_params(flatten("model", model.model_dump()) | flatten("train", train.model_dump()))
     run_fit = fit if train.processes == 1 else fit_data_parallel
     proxy = images.split("proxy")
+    store = resume_store("finetune")
     result = run_fit(images.split("train"), images.split("val"), model, train, preprocess=preprocess,
-                     on_epoch=epoch_logger(), backbone_init=ssl_backbone, proxy=proxy if len(proxy) else None)
+                     on_epoch=epoch_logger(), backbone_init=ssl_backbone, proxy=proxy if len(proxy) else None,
+                     resume=store)
+    store.clear()
     meta = result.checkpoint.meta
     logger.info("best epoch %d of %d by %s AUC: %s", meta.epoch, len(result.history), train.select_on,
                 ", ".join(f"{k} {v:.4f}" for k, v in meta.val_metrics.items() if k.endswith("_auc")))

@@ -88,6 +88,14 @@ def test_gpu_steps_get_resources_node_selector_shm_and_the_cuda_image(snapshot):
         assert {"name": "dshm", "mountPath": "/dev/shm"} in pod.volume_mounts
 
 
+def test_gpu_steps_retry_so_a_preempted_pod_resumes(snapshot):
+    compiled, _ = snapshot
+    for name in GPU_STEPS:
+        retry = compiled.step_configurations[name].config.retry
+        assert (retry.max_retries, retry.delay, retry.backoff) == (3, 60, 2), name
+    assert compiled.step_configurations["ingest"].config.retry is None
+
+
 def test_cpu_steps_stay_off_gpu_nodes(snapshot):
     compiled, _ = snapshot
     for name in ("ingest", "split_dataset", "preprocess_images", "evaluate", "promote_model"):
