@@ -1,0 +1,168 @@
+"""SIGKILL in the middle of a training run, at three places: preprocessing, fine-tuning and
+registration. After each kill: the champion registered before still serves, every registered
+version loads with its artifacts, no cached step points at missing artifacts, and the next run
+of the same config completes (a killed fine-tune resumes from its last saved epoch)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.helpers import write_class_tree
+from tests.pipeline.conftest import folders_source, output, run_and_fetch, use_stack_tracking, write_yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NAME = "cxr-fault-test"
+
+
+def config(path: Path, data: Path, size: int = 32, epochs: int = 2, samples: int | None = None,
+           lr: float = 1e-2) -> Path:
+    """A 32 px resnet10t training config registering to NAME with promotion; a run whose model must
+    differ from the others' (so that no step is cached) gets its own ``lr``."""
+    return write_yaml(path, {"model": {"name": NAME}, "parameters": {
+        "data": folders_source(data), "split": {"val_fraction": 0.25},
+        "preprocess": {"image_size": size, "clahe": False}, "model": {"backbone": "resnet10t"},
+        "train": {"epochs": epochs, "batch_size": 8, "lr": lr, "samples_per_epoch": samples},
+        "tta_views": ["original"], "registered_model_name": NAME, "promotion": {"n_bootstrap": 200},
+        "drift": None}})
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory) -> dict:
+    """A first run whose version 1 is the champion, and the generated images it trained on."""
+    root = tmp_path_factory.mktemp("faults")
+    tree = write_class_tree(root / "tree", n_per_class=24, size=48)
+    run = run_and_fetch("train", config(root / "first.yaml", tree), "faults-first")
+    assert output(run, "promote_model", "promotion")["alias"] == "champion"
+    return {"root": root, "tree": tree, "probe": sorted((tree / "PNEUMONIA").iterdir())[:4]}
+
+
+def spawn(config_path: Path, run_name: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "run.py", "train", "-c", str(config_path), "--run-name", run_name],
+                            cwd=REPO_ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def step_status(run_name: str, step: str) -> str | None:
+    from zenml.client import Client
+
+    try:
+        steps = Client().get_pipeline_run(run_name).steps
+    except KeyError:
+        return None
+    return str(steps[step].status.value) if step in steps else None
+
+
+def kill_when(process: subprocess.Popen, ready, timeout: float = 600) -> None:
+    """SIGKILL ``process`` as soon as ``ready()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, "the run ended before the fault could be injected"
+        assert time.monotonic() < deadline, "the fault point was never reached"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def registry():
+    import mlflow
+
+    use_stack_tracking()
+    return mlflow.MlflowClient()
+
+
+def champion_after(run, before: int) -> int:
+    """The champion version once ``run`` has promoted (its version) or not (``before``)."""
+    versions = [int(v.version) for v in registry().search_model_versions(f"name='{NAME}'")]
+    return max(versions) if output(run, "promote_model", "promotion")["alias"] == "champion" else before
+
+
+def assert_nothing_lost(champion: dict, champion_version: int = 1) -> None:
+    """The champion serves; every version loads; no cached or completed step lacks its artifacts."""
+    import mlflow
+    from zenml.client import Client
+
+    client = registry()
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == champion_version
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(
+        pd.DataFrame({"id": [p.stem for p in champion["probe"]], "path": [str(p) for p in champion["probe"]]}))
+    assert np.isfinite(served["pneumonia"]).all() and served["pneumonia"].between(0, 1).all()
+    for version in client.search_model_versions(f"name='{NAME}'"):
+        mlflow.pyfunc.load_model(f"models:/{NAME}/{version.version}")
+    for step in Client().list_run_steps(size=1000).items:
+        if str(step.status.value) in ("completed", "cached"):
+            for artifacts in step.outputs.values():
+                for artifact in artifacts:
+                    assert Path(artifact.uri).exists(), f"{step.name} points at missing {artifact.uri}"
+
+
+def resume_folders() -> list[Path]:
+    from zenml.client import Client
+
+    return list((Path(Client().active_stack.artifact_store.path) / "resume").glob("finetune-*/state.json"))
+
+
+def test_sigkill_during_finetune_then_the_next_run_resumes_from_the_saved_epoch(champion, capfd):
+    import json
+
+    path = config(champion["root"] / "finetune.yaml", champion["tree"], epochs=3, samples=600)
+    kill_when(spawn(path, "faults-finetune-killed"), lambda: any(
+        json.loads(p.read_text()).get("epoch", 0) >= 1 for p in resume_folders()))
+    (state,) = resume_folders()
+    saved_epoch = json.loads(state.read_text())["epoch"]
+    assert step_status("faults-finetune-killed", "finetune") == "running"  # orphaned by the kill
+    before = int(registry().get_model_version_by_alias(NAME, "champion").version)
+    assert_nothing_lost(champion, before)
+    capfd.readouterr()
+    run = run_and_fetch("train", path, "faults-finetune-resumed")
+    assert f"resuming training from epoch {saved_epoch + 1} of 3" in capfd.readouterr().out
+    assert output(run, "finetune", "history")["epoch"].tolist() == [1, 2, 3]
+    assert resume_folders() == []
+    assert_nothing_lost(champion, champion_after(run, before))
+
+
+def test_sigkill_during_preprocessing_loses_nothing_and_the_next_run_completes(champion):
+    path = config(champion["root"] / "preprocess.yaml", champion["tree"], size=40)
+    before = int(registry().get_model_version_by_alias(NAME, "champion").version)
+    kill_when(spawn(path, "faults-preprocess-killed"),
+              lambda: step_status("faults-preprocess-killed", "preprocess_images") == "running")
+    assert_nothing_lost(champion, before)
+    run = run_and_fetch("train", path, "faults-preprocess-next")
+    assert str(run.status.value) == "completed"
+    assert_nothing_lost(champion, champion_after(run, before))
+
+
+# fault point: (function where the run is killed, versions it leaves behind, the run's lr so no step is cached)
+FAULT_POINTS = {
+    "register, before the version exists": ("mlflow.tracking.client:MlflowClient._create_model_version", 0, 7e-3),
+    "register, version created, before its tags": ("mlflow.tracking.client:MlflowClient.set_model_version_tag",
+                                                   1, 6e-3),
+    "promote, at the first alias moved": ("mlflow.tracking.client:MlflowClient.set_registered_model_alias", 1, 5e-3),
+}
+
+
+@pytest.mark.parametrize("point", list(FAULT_POINTS), ids=["register-create", "register-tags", "promote-alias"])
+def test_sigkill_in_registration_or_promotion_loses_nothing_and_the_next_run_completes(champion, point, tmp_path):
+    target, new_versions, lr = FAULT_POINTS[point]
+    path = config(champion["root"] / f"{tmp_path.name}.yaml", champion["tree"], lr=lr)
+    client = registry()
+    before = int(client.get_model_version_by_alias(NAME, "champion").version)
+    count = len(client.search_model_versions(f"name='{NAME}'"))
+    ready = tmp_path / "ready"
+    process = subprocess.Popen([sys.executable, "-m", "tests.reliability.faulty_run", target, str(ready), "-",
+                                "train", "-c", str(path), "--run-name", f"faults-{tmp_path.name}"], cwd=REPO_ROOT,
+                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when(process, ready.exists)
+    assert len(client.search_model_versions(f"name='{NAME}'")) == count + new_versions
+    assert_nothing_lost(champion, before)
+    run = run_and_fetch("train", path, f"faults-{tmp_path.name}-next")
+    assert str(run.status.value) == "completed"
+    assert_nothing_lost(champion, champion_after(run, before))
