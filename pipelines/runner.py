@@ -46,7 +46,9 @@ def setup_stack(activate: bool = True) -> str:
     tracker and model registry on a SQLite backend in the artifact store. Returns its name."""
     from zenml.client import Client
     from zenml.enums import StackComponentType as T
+    from zenml.utils import source_utils
 
+    source_utils.set_custom_source_root(str(REPO_ROOT))  # flavors load by source, also where __main__ has no file
     client = Client()
     existing = {c.name for c in client.list_stack_components(size=1000).items}
     for name, kind in ((TRACKER, T.EXPERIMENT_TRACKER), (REGISTRY, T.MODEL_REGISTRY)):

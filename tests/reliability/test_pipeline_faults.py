@@ -166,3 +166,33 @@ def test_sigkill_in_registration_or_promotion_loses_nothing_and_the_next_run_com
     run = run_and_fetch("train", path, f"faults-{tmp_path.name}-next")
     assert str(run.status.value) == "completed"
     assert_nothing_lost(champion, champion_after(run, before))
+
+
+def test_a_full_disk_while_the_checkpoint_is_saved_loses_nothing_and_the_next_run_completes(champion, monkeypatch):
+    import errno
+    import os as os_module
+
+    from materializers.checkpoint_materializer import CheckpointMaterializer
+
+    def disk_full(self, data) -> None:  # the weights file half-written, then ENOSPC
+        os_module.makedirs(self.uri, exist_ok=True)
+        Path(self.uri, "model.safetensors").write_bytes(b"\0" * 1024)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    path = config(champion["root"] / "enospc.yaml", champion["tree"], lr=4e-3)
+    before = int(registry().get_model_version_by_alias(NAME, "champion").version)
+    count = len(registry().search_model_versions(f"name='{NAME}'"))
+    monkeypatch.setattr(CheckpointMaterializer, "save", disk_full)
+    with pytest.raises(RuntimeError, match="failure in step"):
+        run_and_fetch("train", path, "faults-enospc")
+    assert step_status("faults-enospc", "finetune") == "failed"
+    assert len(registry().search_model_versions(f"name='{NAME}'")) == count
+    assert_nothing_lost(champion, before)
+    monkeypatch.undo()
+    run = run_and_fetch("train", path, "faults-enospc-next")
+    assert statuses_of(run)["finetune"] == "completed" and str(run.status.value) == "completed"
+    assert_nothing_lost(champion, champion_after(run, before))
+
+
+def statuses_of(run) -> dict[str, str]:
+    return {name: str(step.status.value) for name, step in run.steps.items()}
