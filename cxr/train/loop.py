@@ -351,7 +351,6 @@ def snapshot(state: TrainState, loop: LoopState, partial: EpochProgress | None =
             "history": [plain(row) for row in loop.history], "best_state": loop.best_state,
             "best_epoch": loop.best["epoch"] if loop.best else None,
             "partial": None if partial is None else vars(partial).copy(),
-            "position": partial.position if partial else 0,
             "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "schedule": state.schedule.state_dict(), "scaler": state.scaler.state_dict(),
             "average": state.average.state_dict(), "steps_done": state.steps_done,

@@ -81,7 +81,7 @@ class ResumeStore:
         _fsync_write(self.folder / name, data)
         previous = self._manifest()
         manifest = {"format": FORMAT, "fingerprint": self.fingerprint, "file": name, "sha256": digest,
-                    "epoch": state.get("epoch"), "position": state.get("position", 0)}
+                    "epoch": state.get("epoch"), "position": (state.get("partial") or {}).get("position", 0)}
         _fsync_write(self.folder / f"{MANIFEST}.tmp", json.dumps(manifest).encode())
         os.replace(self.folder / f"{MANIFEST}.tmp", self.folder / MANIFEST)
         if previous and previous.get("file") not in (None, name):

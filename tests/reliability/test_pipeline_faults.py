@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers import write_class_tree
-from tests.pipeline.conftest import folders_source, output, run_and_fetch, use_stack_tracking, write_yaml
+from tests.pipeline.conftest import folders_source, output, run_and_fetch, statuses, use_stack_tracking, write_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -190,9 +190,5 @@ def test_a_full_disk_while_the_checkpoint_is_saved_loses_nothing_and_the_next_ru
     assert_nothing_lost(champion, before)
     monkeypatch.undo()
     run = run_and_fetch("train", path, "faults-enospc-next")
-    assert statuses_of(run)["finetune"] == "completed" and str(run.status.value) == "completed"
+    assert statuses(run)["finetune"] == "completed" and str(run.status.value) == "completed"
     assert_nothing_lost(champion, champion_after(run, before))
-
-
-def statuses_of(run) -> dict[str, str]:
-    return {name: str(step.status.value) for name, step in run.steps.items()}
