@@ -11,6 +11,7 @@ import cv2
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from cxr.errors import DataError
 from tests.helpers import write_class_tree
 from tests.pipeline.conftest import folders_source, output, run_and_fetch, statuses, use_stack_tracking, write_yaml
 
@@ -133,7 +134,7 @@ def test_audit_fail_stops_the_run_before_training(sites, tmp_path: Path):
     from zenml.client import Client
 
     config = write_config(tmp_path / "fail.yaml", sites, "fail")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(DataError, match="^step audit_leakage: leakage audit: "):
         run_and_fetch("train", config, "honest-evaluation-fail")
     failed = Client().list_pipeline_runs(sort_by="desc:created", size=1)[0]
     steps = statuses(failed)
