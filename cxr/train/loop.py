@@ -37,7 +37,7 @@ from cxr.train.config import TrainConfig
 from cxr.train.losses import MaskedBCELoss, create_loss
 from cxr.train.mixing import mix_batch
 from cxr.train.optim import Schedule, balanced_sample_weights, create_optimizer, create_schedule
-from cxr.train.resume import ResumeStore, StopRequest, rng_state, set_rng_state
+from cxr.train.resume import ResumeStore, StopRequest, plain, rng_state, set_rng_state
 
 
 @dataclass
@@ -338,11 +338,6 @@ class LoopState:
     epoch: int = 0
     finished: bool = False
     partial: EpochProgress | None = None
-
-
-def plain(row: dict) -> dict:
-    """A history row with numpy scalars as python ones, so a resume state loads with weights_only."""
-    return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
 
 def snapshot(state: TrainState, loop: LoopState, partial: EpochProgress | None = None) -> dict:

@@ -56,6 +56,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def plain(row: dict) -> dict:
+    """A history row with numpy scalars as python ones, so a resume state loads with weights_only."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
+
+
 def _fsync_write(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)

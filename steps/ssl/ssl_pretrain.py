@@ -15,6 +15,7 @@ from cxr.metrics.plots import ssl_curves
 from cxr.models.checkpoint import BackboneCheckpoint
 from cxr.ssl.pretrain import SSLConfig, pretrain, with_target
 from steps.caching import code_cache_policy
+from steps.resume import resume_store
 from steps.tracking import epoch_logger, flatten
 
 logger = get_logger(__name__)
@@ -33,13 +34,18 @@ def ssl_pretrain(images: ImageSet, backbone: str, cfg: SSLConfig, pairs: Optiona
     or two views of one image. Loss and embedding std go to MLflow each epoch; a collapse
     is logged as a warning. YAML: ``parameters.ssl``. ``target`` (``adapt.ssl``): a target
     site's images join the pool, unlabelled (domain-adaptive pretraining).
+
+    Resumable like finetune: the state is saved after every epoch (and on SIGINT/SIGTERM) under
+    the artifact store's ``resume/ssl_pretrain-<cache key>`` and removed when pretraining returns.
     """
     mlflow.log_params(flatten("ssl", cfg.model_dump()))
     pool = images.split("train").images
     if target is not None:
         pool, pairs = with_target(pool, target.images, pairs)
         mlflow.log_params({"ssl.target_images": len(target), "ssl.pool_images": len(pool)})
-    checkpoint, history = pretrain(pool, backbone, cfg, pairs, on_epoch=epoch_logger("ssl_"))
+    store = resume_store("ssl_pretrain")
+    checkpoint, history = pretrain(pool, backbone, cfg, pairs, on_epoch=epoch_logger("ssl_"), resume=store)
+    store.clear()
     if history["collapsed"].iloc[-1]:
         logger.warning("SSL representation collapsed (embedding std x sqrt(d) = %.3f)", history["embedding_std"].iloc[-1])
     curves = ssl_curves(history, cfg.collapse_ratio)

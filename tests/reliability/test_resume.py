@@ -32,11 +32,27 @@ def saved_split(synthetic_split, tmp_path_factory) -> Path:
     return folder
 
 
+def spawn_worker(module: str, *args) -> subprocess.Popen:
+    """``python -m tests.reliability.<module> ARGS`` on one thread, its output piped."""
+    return subprocess.Popen([sys.executable, "-m", f"tests.reliability.{module}", *map(str, args)], cwd=REPO_ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
 def worker(data: Path, out: Path, resume: Path | None, *overrides: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tests.reliability.fit_worker", str(data), str(out),
-                             str(resume) if resume else "-", *overrides], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return spawn_worker("fit_worker", data, out, resume or "-", *overrides)
+
+
+def stop_mid_epoch(process: subprocess.Popen, progress_prefix: str, resume: Path) -> tuple[str, dict]:
+    """SIGTERM ``process`` at its first progress line starting with ``progress_prefix`` (training
+    is under way); its output and the manifest it saved."""
+    for line in process.stdout:
+        if line.startswith(progress_prefix):
+            break
+    process.send_signal(signal.SIGTERM)
+    out = process.communicate(timeout=300)[0]
+    assert process.returncode == 128 + signal.SIGTERM, out
+    return out, saved_manifest(resume)
 
 
 def finished(process: subprocess.Popen) -> str:
@@ -86,19 +102,12 @@ def test_a_run_killed_at_a_random_epoch_resumes_and_ends_bit_identical(saved_spl
 
 
 def test_sigterm_mid_epoch_saves_the_batch_position_and_the_resumed_run_is_bit_identical(saved_split, tmp_path):
-    settings = ("samples_per_epoch=400", "epochs=2")
+    settings = ("samples_per_epoch=200", "epochs=2")
     reference = tmp_path / "reference"
     finished(worker(saved_split, reference, None, *settings))
     resume = tmp_path / "resume"
-    process = worker(saved_split, tmp_path / "stopped", resume, *settings)
-    for line in process.stdout:  # a progress line of epoch 1 means training is under way
-        if line.startswith("epoch 1/2: "):
-            break
-    process.send_signal(signal.SIGTERM)
-    out = process.communicate(timeout=300)[0]
-    assert process.returncode == 128 + signal.SIGTERM, out
-    manifest = saved_manifest(resume)
-    assert manifest["epoch"] == 0 and 0 < manifest["position"] < 50
+    out, manifest = stop_mid_epoch(worker(saved_split, tmp_path / "stopped", resume, *settings), "epoch 1/2: ", resume)
+    assert manifest["epoch"] == 0 and 0 < manifest["position"] < 25
     assert f"stopped in epoch 1 after batch {manifest['position']}" in out
     out = finished(worker(saved_split, tmp_path / "resumed", resume, *settings))
     assert f"resuming training from epoch 1, batch {manifest['position'] + 1} of 2" in out
@@ -114,7 +123,7 @@ def test_resume_restores_averaging_and_schedule_state(synthetic_split, tmp_path,
     train, val = synthetic_split
     cfg = TrainConfig(epochs=3, batch_size=8, amp=False, averaging=averaging, swa_epochs=2, scheduler=scheduler,
                       restart_epochs=1, mixup_alpha=0.2, mix_prob=0.5)
-    model = ModelConfig(backbone="resnet18", head_drop_rate=0.2)
+    model = ModelConfig(backbone="resnet10t", head_drop_rate=0.2)
     reference = fit(train, val, model, cfg, progress=False)
     store = ResumeStore(tmp_path / "resume", "fp")
 
@@ -192,3 +201,44 @@ def test_a_remote_store_is_mirrored_state_first_and_pulled_back_by_a_new_process
     assert retried.folder != first.folder and retried.load() == {"epoch": 2}
     retried.clear()
     assert not remote.exists() and MirroredResumeStore(str(remote), "fp").load() is None
+
+
+@pytest.mark.parametrize("method", ["moco", "byol", "swav"])
+def test_ssl_pretraining_crashed_after_an_epoch_resumes_bit_identical(synthetic_split, tmp_path, method):
+    from cxr.ssl.pretrain import SSLConfig, pretrain
+
+    images = synthetic_split[0].images
+    cfg = SSLConfig(method=method, epochs=3, batch_size=8, positives="two_views", hidden_dim=64, out_dim=32,
+                    memory_bank_size=64 if method == "moco" else None, small_views=1 if method == "swav" else None)
+    reference, reference_history = pretrain(images, "resnet10t", cfg, progress=False)
+    store = ResumeStore(tmp_path / "resume", "fp")
+
+    def crash_in_epoch_2(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise RuntimeError("injected crash")
+
+    with pytest.raises(RuntimeError, match="injected crash"):
+        pretrain(images, "resnet10t", cfg, progress=False, on_epoch=crash_in_epoch_2, resume=store)
+    assert saved_manifest(store.folder)["epoch"] == 2  # saved before on_epoch saw the row
+    replayed = []
+    resumed, history = pretrain(images, "resnet10t", cfg, progress=False, on_epoch=replayed.append, resume=store)
+    assert [row["epoch"] for row in replayed] == [1, 2, 3]
+    assert history["loss"].tolist() == reference_history["loss"].tolist()
+    for name, tensor in reference.state_dict.items():
+        assert resumed.state_dict[name].equal(tensor), name
+
+
+def test_ssl_sigterm_mid_epoch_saves_the_batch_position_and_the_resumed_run_is_bit_identical(synthetic_split,
+                                                                                             tmp_path):
+    images = tmp_path / "images.npy"
+    np.save(images, np.concatenate([synthetic_split[0].images] * 3))  # 240 images: 30 batches an epoch
+
+    finished(spawn_worker("ssl_worker", images, tmp_path / "reference"))
+    resume = tmp_path / "resume"
+    out, manifest = stop_mid_epoch(spawn_worker("ssl_worker", images, tmp_path / "stopped", resume),
+                                   "ssl simsiam 1/2: ", resume)
+    assert manifest["epoch"] == 0 and 0 < manifest["position"] < 30
+    assert f"stopped in SSL epoch 1 after batch {manifest['position']}" in out
+    out = finished(spawn_worker("ssl_worker", images, tmp_path / "resumed", resume))
+    assert f"resuming SSL pretraining from epoch 1, batch {manifest['position'] + 1} of 2" in out
+    assert weights(tmp_path / "resumed") == weights(tmp_path / "reference")
