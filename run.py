@@ -21,7 +21,7 @@ import subprocess
 import sys
 import traceback
 
-from cxr.errors import ConfigError, DataError, NotRegisteredError, RequestError
+from cxr.errors import ConfigError, DataError, NotRegisteredError, RegistryBusyError, RequestError
 from cxr.lifecycle import DEFAULT_MODEL_NAME
 from pipelines.runner import (PIPELINES, export, info, predict, rollback, run_pipeline, serve, setup_stack,
                               tracking_uri, write_card)
@@ -131,11 +131,13 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: the command line), run one command; returns the exit status: 2 for a
-    config error, 1 for bad data or a missing model, each one line on stderr (``--debug``: the traceback)."""
+    config error, 1 for bad data, a missing model or a registry kept locked, each one line on stderr
+    (``--debug``: the traceback)."""
     args = build_parser().parse_args(argv)
     try:
         return dispatch(args)
-    except (ConfigError, DataError, RequestError, NotRegisteredError, FileNotFoundError) as error:
+    except (ConfigError, DataError, RequestError, NotRegisteredError, RegistryBusyError,
+            FileNotFoundError) as error:
         if args.debug:
             traceback.print_exc()
         config_error = isinstance(error, ConfigError)

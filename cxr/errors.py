@@ -25,6 +25,11 @@ class NotRegisteredError(LookupError):
     """A registered model, version or alias that the registry does not hold."""
 
 
+class RegistryBusyError(RuntimeError):
+    """The model registry stayed locked (by another writer, or by another run's promotion) for
+    longer than a promotion waits; nothing was moved."""
+
+
 class ConfigError(ValueError):
     """A config value that cannot be used, as one line: ``<file>: <dotted key>: <problem>``."""
 

@@ -15,7 +15,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from cxr.errors import ConfigError, DataError, NotRegisteredError
+from cxr.errors import ConfigError, DataError, NotRegisteredError, RegistryBusyError
 
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -103,12 +103,12 @@ def run_pipeline(command: str, config: str, run_name: str | None = None, debug: 
         raise failed_step_error(name) or error
 
 
-KNOWN_ERRORS = {f"cxr.errors.{cls.__name__}": cls for cls in (DataError, ConfigError)}
+KNOWN_ERRORS = {f"cxr.errors.{cls.__name__}": cls for cls in (DataError, ConfigError, RegistryBusyError)}
 
 
 def failed_step_error(run_name: str) -> Exception | None:
-    """The cxr error (DataError, ...) that failed a step of run ``run_name``, as that class with the
-    step named, from ZenML's record of the step; None when no step failed with one."""
+    """The cxr error (DataError, RegistryBusyError, ...) that failed a step of run ``run_name``, as
+    that class with the step named, from ZenML's record of the step; None when no step failed with one."""
     from zenml.client import Client
 
     for step_name, step in Client().get_pipeline_run(run_name).steps.items():
@@ -116,7 +116,7 @@ def failed_step_error(run_name: str) -> Exception | None:
         if str(step.status.value) == "failed" and info is not None and info.source in KNOWN_ERRORS:
             if KNOWN_ERRORS[info.source] is ConfigError:
                 return ConfigError(f"step {step_name}", info.message)
-            return DataError(f"step {step_name}: {info.message}")
+            return KNOWN_ERRORS[info.source](f"step {step_name}: {info.message}")
     return None
 
 

@@ -85,6 +85,7 @@ def registry(tmp_path: Path, monkeypatch):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)  # set_registry_uri exports it and never unsets it
     for leftover in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(leftover, raising=False)  # set by earlier ZenML runs in this process
     mlflow.set_tracking_uri(uri)

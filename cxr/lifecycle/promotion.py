@@ -31,6 +31,8 @@ class PromotionConfig(BaseModel):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided: the CI lower bound must beat the margin")
     n_bootstrap: int = Field(1000, ge=100)
     seed: int = 0
+    registry_wait_s: float = Field(600, gt=0, description="how long a promotion waits for the registry: "
+                                   "another run's promotion of the same model, or a database locked by another writer")
 
     @field_validator("holdout")
     @classmethod

@@ -4,20 +4,27 @@ back. Shared by the registry steps and ``run.py rollback``; no ZenML imports, so
 tested against a plain MLflow store.
 
 Writes are ordered so that an interruption never leaves the registry without the old
-champion: ``previous_champion`` is set first, then ``champion`` moves in one call.
+champion: ``previous_champion`` is set first, then ``champion`` moves in one call. Promotions of
+one model are serialised (a file lock beside a local SQLite store; on a tracking server, the
+champion is re-read before the aliases move and the decision is taken again if it moved), and
+a registry locked by another writer is waited out, up to ``promotion.registry_wait_s``.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import time
 import warnings
+from contextlib import contextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import mlflow
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -25,7 +32,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from cxr.data.imageset import ImageSet, file_digest
-from cxr.errors import DataError
+from cxr.errors import DataError, RegistryBusyError
 from cxr.infer.ensemble import EnsembleModel, save_ensemble_model
 from cxr.infer.serving import ServedModel, example_request, served_labels
 from cxr.infer.tta import SINGLE_VIEW
@@ -33,6 +40,8 @@ from cxr.lifecycle.promotion import PromotionConfig, PromotionDecision, decide
 from cxr.metrics.generalisation import part_labels
 from cxr.models.checkpoint import save_checkpoint
 
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 TRAIN_DIGESTS = "train_digests.txt"
 PYFUNC_FILE = Path(__file__).with_name("cxr_pyfunc.py")
@@ -138,11 +147,74 @@ def unseen_by(champion: ModelVersion | None, holdout: ImageSet) -> tuple[ImageSe
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version holding ``alias``, or None when no version holds it."""
+    """The version holding ``alias``, or None when no version holds it (any other registry error,
+    e.g. a locked database, is raised: it must not read as "no champion")."""
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    except MlflowException as error:
+        if error.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            return None
+        raise
+
+
+def while_locked(call: Callable[[], T], wait_s: float, what: str) -> T:
+    """``call()``, retried with backoff while the registry answers TEMPORARILY_UNAVAILABLE (SQLite
+    locked by another writer past its own 20 s busy timeout), for up to ``wait_s`` seconds."""
+    deadline, delay = time.monotonic() + wait_s, 1.0
+    while True:
+        try:
+            return call()
+        except MlflowException as error:
+            if error.error_code != "TEMPORARILY_UNAVAILABLE":
+                raise
+            if time.monotonic() + delay > deadline:
+                raise RegistryBusyError(f"the model registry stayed locked by another writer for over {wait_s:g} s "
+                                        f"({what}); no alias was moved: run again once it is free") from error
+            logger.warning("model registry locked by another writer (%s): retrying in %.0f s", what, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
+
+
+class PatientClient:
+    """An MlflowClient whose every call waits out a registry locked by another writer (``while_locked``)."""
+
+    def __init__(self, client: MlflowClient, wait_s: float):
+        self.client, self.wait_s = client, wait_s
+
+    def __getattr__(self, name: str):
+        method = getattr(self.client, name)
+        return lambda *args, **kwargs: while_locked(lambda: method(*args, **kwargs), self.wait_s, name)
+
+
+def promotion_lock_path(registry_uri: str, name: str) -> Path | None:
+    """Where promotions of ``name`` take their lock: beside a local SQLite store; None for a server."""
+    if not registry_uri.startswith("sqlite:///"):
         return None
+    database = Path(registry_uri.removeprefix("sqlite:///").split("?")[0])
+    return database.with_name(f"{database.name}.promotion-{name}.lock")
+
+
+@contextmanager
+def promotion_lock(name: str, wait_s: float) -> Iterator[None]:
+    """Hold the promotion lock of ``name`` (a no-op on a tracking server), waiting up to ``wait_s``."""
+    path = promotion_lock_path(mlflow.get_registry_uri(), name)
+    if path is None:
+        yield
+        return
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.warning("waiting for another run's promotion of %s to finish (lock %s)", name, path)
+        try:
+            lock.acquire(timeout=wait_s)
+        except Timeout:
+            raise RegistryBusyError(f"another promotion of {name!r} held {path} for over {wait_s:g} s; no alias "
+                                    "was moved: run again once it ends") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def apply_decision(client: MlflowClient, name: str, version: int, decision: PromotionDecision,
@@ -170,22 +242,47 @@ def promote(client: MlflowClient, name: str, version: int, holdout: ImageSet, cf
     for both. Returns (alias, decision, champion version before).
 
     Every prediction and the decision come before the first registry write, so any failure
-    leaves the previous champion in place.
+    leaves the previous champion in place. Under the promotion lock, and decided again should
+    the champion move meanwhile, so two runs promoting at once each compare with the final one.
     """
-    champion = alias_version(client, name, CHAMPION)
-    if champion is not None and int(champion.version) == version:
-        return CHAMPION, None, version
+    client = PatientClient(client, cfg.registry_wait_s)
+    with promotion_lock(name, cfg.registry_wait_s):
+        for _ in range(3):
+            champion = alias_version(client, name, CHAMPION)
+            if version_of(champion) == version:
+                return CHAMPION, None, version
+            decision, evidence = decide_against(client, name, version, champion, holdout, cfg, holdout_name)
+            moved_to = version_of(alias_version(client, name, CHAMPION))
+            if moved_to == version_of(champion):
+                break
+            logger.warning("the champion of %s moved to version %s while version %d was being decided: deciding "
+                           "again", name, moved_to, version)
+        else:
+            raise RegistryBusyError(f"the champion of {name!r} moved three times while version {version} was being "
+                                    "decided; no alias was moved: run again")
+        alias = apply_decision(client, name, version, decision, evidence)
+    return alias, decision, version_of(champion)
+
+
+def version_of(model_version: ModelVersion | None) -> int | None:
+    return None if model_version is None else int(model_version.version)
+
+
+def decide_against(client: PatientClient, name: str, version: int, champion: ModelVersion | None,
+                   holdout: ImageSet, cfg: PromotionConfig, holdout_name: str) -> tuple[PromotionDecision, dict]:
+    """The decision on ``version`` against ``champion`` on ``holdout``, and its evidence tags."""
     hash_before = holdout.content_hash()
     holdout, record = unseen_by(champion, holdout)
-    scored = registry_predictions(name, str(version), holdout)
+    def score(scored_version: int | str) -> pd.DataFrame:
+        return while_locked(lambda: registry_predictions(name, str(scored_version), holdout), cfg.registry_wait_s,
+                            f"scoring version {scored_version}")
+
+    scored = score(version)
     labels = [column for column in scored.columns if column != "id"]
     y, mask = part_labels(holdout, labels)
-    new = scored[labels].to_numpy()
-    old = None if champion is None else registry_predictions(name, str(champion.version), holdout)[labels].to_numpy()
-    decision = decide(y, mask, new, old, cfg)
-    evidence = {"holdout": holdout_name, "holdout_hash": hash_before, "holdout_images": len(holdout), **record}
-    alias = apply_decision(client, name, version, decision, evidence)
-    return alias, decision, None if champion is None else int(champion.version)
+    old = None if champion is None else score(champion.version)[labels].to_numpy()
+    decision = decide(y, mask, scored[labels].to_numpy(), old, cfg)
+    return decision, {"holdout": holdout_name, "holdout_hash": hash_before, "holdout_images": len(holdout), **record}
 
 
 def rollback(client: MlflowClient, name: str) -> tuple[int, int | None]:

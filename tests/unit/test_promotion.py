@@ -207,3 +207,78 @@ def test_holdout_overlapping_train_is_refused_by_id_and_by_content(tmp_path: Pat
         holdout_set(clean, PromotionConfig(holdout="site"), external=prepare(unlabelled))
     with pytest.raises(ValueError, match="cannot be the train split"):
         PromotionConfig(holdout="train")
+
+
+def test_a_champion_moved_by_another_run_while_deciding_is_decided_against_again(tmp_path: Path, registry,
+                                                                                  monkeypatch):
+    from steps.registry import lifecycle
+
+    val = write_images(tmp_path / "val", 40)
+    name = "cxr-race-test"
+    v1 = register(brightness_checkpoint(-1.0), name)
+    lifecycle.promote(registry, name, v1, val, PromotionConfig())
+    v2, v3 = register(brightness_checkpoint(+1.0), name), register(brightness_checkpoint(+1.0), name)
+    original, compared = lifecycle.decide_against, []
+
+    def other_run_promotes_meanwhile(client, model, version, champion, *args):
+        compared.append(int(champion.version))
+        if len(compared) == 1:  # another run moves the champion to v2 while this one scores against v1
+            registry.set_registered_model_alias(name, "champion", str(v2))
+        return original(client, model, version, champion, *args)
+
+    monkeypatch.setattr(lifecycle, "decide_against", other_run_promotes_meanwhile)
+    alias, decision, before = lifecycle.promote(registry, name, v3, val, PromotionConfig())
+    assert compared == [v1, v2] and before == v2
+    assert alias == "challenger" and not decision.promote  # as good as v2 is no gain; against v1 it would have won
+    assert int(registry.get_model_version_by_alias(name, "champion").version) == v2
+
+
+def test_a_registry_locked_by_another_writer_is_waited_out_then_reported(registry, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    from cxr.errors import RegistryBusyError
+    from steps.registry import lifecycle
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(lifecycle.time, "sleep", sleeps.append)
+    outcomes = iter([MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)] * 2 + ["done"])
+
+    def locked_twice() -> str:
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert lifecycle.while_locked(locked_twice, 60, "set alias") == "done" and sleeps == [1.0, 2.0]
+
+    def locked() -> None:
+        raise MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
+
+    with pytest.raises(RegistryBusyError, match=r"locked by another writer for over 5 s \(set alias\); no alias"):
+        lifecycle.while_locked(locked, 5, "set alias")
+    monkeypatch.setattr(registry, "get_model_version_by_alias", lambda *_: locked())
+    with pytest.raises(MlflowException, match="database is locked"):  # never read as "no champion"
+        lifecycle.alias_version(registry, "any", "champion")
+    missing = MlflowException("Registered model alias champion not found.", INVALID_PARAMETER_VALUE)
+    monkeypatch.setattr(registry, "get_model_version_by_alias", lambda *_: (_ for _ in ()).throw(missing))
+    assert lifecycle.alias_version(registry, "any", "champion") is None
+
+
+def test_a_second_promotion_of_a_model_waits_for_the_first_and_gives_up_with_a_clear_error(registry):
+    import mlflow
+
+    from cxr.errors import RegistryBusyError
+    from steps.registry import lifecycle
+
+    path = lifecycle.promotion_lock_path(mlflow.get_registry_uri(), "cxr-lock-test")
+    assert path.name == "mlflow.db.promotion-cxr-lock-test.lock"
+    with lifecycle.promotion_lock("cxr-lock-test", 1):
+        with pytest.raises(RegistryBusyError, match=r"another promotion of 'cxr-lock-test' held .* for over 0.2 s"):
+            with lifecycle.promotion_lock("cxr-lock-test", 0.2):
+                pass
+        with lifecycle.promotion_lock("cxr-other-model", 0.2):
+            pass
+    with lifecycle.promotion_lock("cxr-lock-test", 0.2):
+        pass
+    assert lifecycle.promotion_lock_path("http://mlflow:5000", "cxr-lock-test") is None
