@@ -1,7 +1,9 @@
-"""SIGKILL in the middle of a training run, at three places: preprocessing, fine-tuning and
-registration. After each kill: the champion registered before still serves, every registered
-version loads with its artifacts, no cached step points at missing artifacts, and the next run
-of the same config completes (a killed fine-tune resumes from its last saved epoch)."""
+"""Faults in the middle of a training run: SIGKILL during preprocessing, fine-tuning, registration
+and promotion; a full disk while an artifact is saved; the MLflow database locked by another
+writer during promotion; two runs promoting at the same moment. After each: the champion
+registered before still serves, every registered version loads with its artifacts, no cached
+step points at missing artifacts, and the next run of the same config completes (a killed
+fine-tune resumes from its last saved epoch)."""
 
 from __future__ import annotations
 
@@ -25,15 +27,15 @@ NAME = "cxr-fault-test"
 
 
 def config(path: Path, data: Path, size: int = 32, epochs: int = 2, samples: int | None = None,
-           lr: float = 1e-2) -> Path:
+           lr: float = 1e-2, registry_wait_s: float = 600) -> Path:
     """A 32 px resnet10t training config registering to NAME with promotion; a run whose model must
     differ from the others' (so that no step is cached) gets its own ``lr``."""
     return write_yaml(path, {"model": {"name": NAME}, "parameters": {
         "data": folders_source(data), "split": {"val_fraction": 0.25},
         "preprocess": {"image_size": size, "clahe": False}, "model": {"backbone": "resnet10t"},
         "train": {"epochs": epochs, "batch_size": 8, "lr": lr, "samples_per_epoch": samples},
-        "tta_views": ["original"], "registered_model_name": NAME, "promotion": {"n_bootstrap": 200},
-        "drift": None}})
+        "tta_views": ["original"], "registered_model_name": NAME, "drift": None, "audit": None, "guardrails": None,
+        "promotion": {"n_bootstrap": 200, "registry_wait_s": registry_wait_s}}})
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,19 @@ def champion(tmp_path_factory) -> dict:
     return {"root": root, "tree": tree, "probe": sorted((tree / "PNEUMONIA").iterdir())[:4]}
 
 
-def spawn(config_path: Path, run_name: str) -> subprocess.Popen:
+def spawn(config_path: Path, run_name: str, log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "w") if log else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, "run.py", "train", "-c", str(config_path), "--run-name", run_name],
-                            cwd=REPO_ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=REPO_ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT)
+
+
+def paused_run(target: str, config_path: Path, run_name: str, ready: Path, release: Path | None = None,
+               log: Path | None = None) -> subprocess.Popen:
+    """A training run that stops at the first call of ``target`` (see faulty_run), until ``release`` exists."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "tests.reliability.faulty_run", target, str(ready), "-",
+                             str(release or "-"), "train", "-c", str(config_path), "--run-name", run_name],
+                            cwd=REPO_ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT)
 
 
 def step_status(run_name: str, step: str) -> str | None:
@@ -129,13 +141,19 @@ def test_sigkill_during_finetune_then_the_next_run_resumes_from_the_saved_epoch(
     assert_nothing_lost(champion, champion_after(run, before))
 
 
-def test_sigkill_during_preprocessing_loses_nothing_and_the_next_run_completes(champion):
+def test_sigkill_during_preprocessing_then_during_tta_loses_nothing_and_the_next_run_completes(champion):
     path = config(champion["root"] / "preprocess.yaml", champion["tree"], size=40)
     before = int(registry().get_model_version_by_alias(NAME, "champion").version)
     kill_when(spawn(path, "faults-preprocess-killed"),
               lambda: step_status("faults-preprocess-killed", "preprocess_images") == "running")
     assert_nothing_lost(champion, before)
-    run = run_and_fetch("train", path, "faults-preprocess-next")
+    ready = champion["root"] / "tta-ready"
+    kill_when(paused_run("steps.infer.tta_predict:predict_imageset", path, "faults-tta-killed", ready), ready.exists)
+    assert step_status("faults-tta-killed", "finetune") == "completed"
+    assert step_status("faults-tta-killed", "tta_predict_val") == "running"  # orphaned by the kill
+    assert_nothing_lost(champion, before)
+    run = run_and_fetch("train", path, "faults-tta-next")
+    assert statuses(run)["finetune"] == "cached" and statuses(run)["tta_predict_val"] == "completed"
     assert str(run.status.value) == "completed"
     assert_nothing_lost(champion, champion_after(run, before))
 
@@ -157,9 +175,7 @@ def test_sigkill_in_registration_or_promotion_loses_nothing_and_the_next_run_com
     before = int(client.get_model_version_by_alias(NAME, "champion").version)
     count = len(client.search_model_versions(f"name='{NAME}'"))
     ready = tmp_path / "ready"
-    process = subprocess.Popen([sys.executable, "-m", "tests.reliability.faulty_run", target, str(ready), "-",
-                                "train", "-c", str(path), "--run-name", f"faults-{tmp_path.name}"], cwd=REPO_ROOT,
-                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = paused_run(target, path, f"faults-{tmp_path.name}", ready)
     kill_when(process, ready.exists)
     assert len(client.search_model_versions(f"name='{NAME}'")) == count + new_versions
     assert_nothing_lost(champion, before)
@@ -192,3 +208,101 @@ def test_a_full_disk_while_the_checkpoint_is_saved_loses_nothing_and_the_next_ru
     run = run_and_fetch("train", path, "faults-enospc-next")
     assert statuses(run)["finetune"] == "completed" and str(run.status.value) == "completed"
     assert_nothing_lost(champion, champion_after(run, before))
+
+
+ALIAS_MOVE = "mlflow.tracking.client:MlflowClient.set_registered_model_alias"
+
+
+def wait_exit(process: subprocess.Popen, log: Path, timeout: float = 900) -> str:
+    process.wait(timeout=timeout)
+    return log.read_text()
+
+
+def wait_ready(process: subprocess.Popen, ready: Path, log: Path, timeout: float = 600) -> None:
+    """Wait until a paused run has reached its fault point."""
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+def version_after(run, champion_before: int) -> int:
+    """The champion once ``run`` has promoted: its own version, or the one before when it did not win."""
+    promoted = output(run, "promote_model", "promotion")["alias"] == "champion"
+    return int(output(run, "register_model", "model_version")) if promoted else champion_before
+
+
+def registry_database() -> Path:
+    from pipelines import runner
+
+    return Path(runner.tracking_uri().removeprefix("sqlite:///"))
+
+
+def hold_database_lock(seconds: float, release: Path) -> None:
+    """Lock the MLflow database as another writer would (an exclusive transaction), let the paused
+    run go on (``release``), and hold the lock for ``seconds``."""
+    import sqlite3
+
+    connection = sqlite3.connect(registry_database(), timeout=60, isolation_level=None)
+    connection.execute("BEGIN EXCLUSIVE")
+    release.write_text("go")
+    time.sleep(seconds)
+    connection.execute("COMMIT")
+    connection.close()
+
+
+def test_a_registry_database_locked_during_promotion_is_waited_out_or_fails_cleanly(champion, tmp_path):
+    before = int(registry().get_model_version_by_alias(NAME, "champion").version)
+    count = len(registry().search_model_versions(f"name='{NAME}'"))
+    impatient = config(tmp_path / "impatient.yaml", champion["tree"], lr=4.5e-3, registry_wait_s=5)
+    ready, release, log = tmp_path / "ready", tmp_path / "release", tmp_path / "impatient.log"
+    process = paused_run(ALIAS_MOVE, impatient, "faults-db-locked-impatient", ready, release, log)
+    wait_ready(process, ready, log)
+    hold_database_lock(26, release)  # past SQLite's 20 s busy timeout and the run's 5 s of patience
+    out = wait_exit(process, log)
+    assert process.returncode == 1, out
+    assert ("error: step promote_model: the model registry stayed locked by another writer for over 5 s "
+            "(set_registered_model_alias); no alias was moved") in out
+    assert step_status("faults-db-locked-impatient", "promote_model") == "failed"
+    assert len(registry().search_model_versions(f"name='{NAME}'")) == count + 1
+    assert_nothing_lost(champion, before)
+
+    patient = config(tmp_path / "patient.yaml", champion["tree"], lr=4.5e-3)  # same training: cached
+    ready.unlink()
+    release.unlink()
+    log = tmp_path / "patient.log"
+    process = paused_run(ALIAS_MOVE, patient, "faults-db-locked-patient", ready, release, log)
+    wait_ready(process, ready, log)
+    hold_database_lock(25, release)  # SQLite gives up after 20 s; the promotion's retry waits out the rest
+    out = wait_exit(process, log)
+    assert process.returncode == 0, out
+    assert "model registry locked by another writer (set_registered_model_alias): retrying in 1 s" in out
+    from zenml.client import Client
+
+    run = Client().get_pipeline_run("faults-db-locked-patient")
+    assert statuses(run)["finetune"] == "cached" and str(run.status.value) == "completed"
+    assert_nothing_lost(champion, version_after(run, before))
+
+
+def test_two_runs_promoting_at_once_take_turns_and_the_second_compares_with_the_first(champion, tmp_path):
+    from zenml.client import Client
+
+    before = int(registry().get_model_version_by_alias(NAME, "champion").version)
+    ready, release = tmp_path / "ready", tmp_path / "release"
+    first = paused_run(ALIAS_MOVE, config(tmp_path / "first.yaml", champion["tree"], lr=3e-3),
+                       "faults-concurrent-first", ready, release, tmp_path / "first.log")
+    wait_ready(first, ready, tmp_path / "first.log")  # it holds the promotion lock, stopped before its alias move
+    second = spawn(config(tmp_path / "second.yaml", champion["tree"], lr=2e-3), "faults-concurrent-second",
+                   tmp_path / "second.log")
+    deadline = time.monotonic() + 600
+    while "waiting for another run's promotion of" not in (tmp_path / "second.log").read_text():
+        assert second.poll() is None and time.monotonic() < deadline, (tmp_path / "second.log").read_text()
+        time.sleep(0.2)
+    assert step_status("faults-concurrent-second", "promote_model") == "running"
+    release.write_text("go")
+    for process, name in ((first, "first"), (second, "second")):
+        assert process.wait(timeout=600) == 0, (tmp_path / f"{name}.log").read_text()
+    runs = {name: Client().get_pipeline_run(f"faults-concurrent-{name}") for name in ("first", "second")}
+    after_first = version_after(runs["first"], before)
+    assert output(runs["second"], "promote_model", "promotion")["champion_before"] == after_first
+    assert_nothing_lost(champion, version_after(runs["second"], after_first))
