@@ -196,15 +196,15 @@ def registered(name: str, alias: str = "champion", version: int | None = None):
     """(version, checkpoint or ensemble) of ``name``'s ``version``, else of the version holding ``alias``."""
     import mlflow
 
-    from steps.registry.lifecycle import served_model
+    from steps.registry.lifecycle import alias_version, served_model
 
     setup_stack()
     mlflow.set_tracking_uri(tracking_uri())
     if version is None:
-        try:
-            version = int(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
-        except mlflow.exceptions.MlflowException:
-            raise NotRegisteredError(f"registered model {name!r} has no version with alias {alias!r}") from None
+        held = alias_version(mlflow.MlflowClient(), name, alias)
+        if held is None:
+            raise NotRegisteredError(f"registered model {name!r} has no version with alias {alias!r}")
+        version = int(held.version)
     return version, served_model(f"models:/{name}/{version}")
 
 

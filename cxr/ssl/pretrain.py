@@ -249,6 +249,9 @@ def ssl_epoch(run: SSLRun, images: np.ndarray, positives: np.ndarray, stats: tup
     run.epoch, run.partial = epoch, None
     if resume is not None:
         resume.save(ssl_snapshot(run))
+        if stop is not None and stop.signal is not None and run.epoch < cfg.epochs:
+            write_line(f"stopped after SSL epoch {epoch}; state saved to {resume.folder}: the same run resumes there")
+            stop.stop()
 
 
 def with_target(images: np.ndarray, target: np.ndarray, pairs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -4,10 +4,11 @@ back. Shared by the registry steps and ``run.py rollback``; no ZenML imports, so
 tested against a plain MLflow store.
 
 Writes are ordered so that an interruption never leaves the registry without the old
-champion: ``previous_champion`` is set first, then ``champion`` moves in one call. Promotions of
-one model are serialised (a file lock beside a local SQLite store; on a tracking server, the
-champion is re-read before the aliases move and the decision is taken again if it moved), and
-a registry locked by another writer is waited out, up to ``promotion.registry_wait_s``.
+champion: ``previous_champion`` is set first, then ``champion`` moves in one call. Promotions
+(and rollbacks) of one model are serialised (a file lock beside a local SQLite store; on a
+tracking server, the champion is re-read before the aliases move and the decision is taken
+again if it moved), and a SQLite registry locked by another writer is waited out, up to
+``promotion.registry_wait_s`` per registry call.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from cxr.models.checkpoint import save_checkpoint
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
+NOT_FOUND = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+LOCKED = ("database is locked", "database table is locked")
 TRAIN_DIGESTS = "train_digests.txt"
 PYFUNC_FILE = Path(__file__).with_name("cxr_pyfunc.py")
 CORE_DIR = Path(__file__).resolve().parents[2] / "cxr"
@@ -123,8 +126,12 @@ def trained_digests(version: ModelVersion) -> set[str] | None:
         return None
     try:
         path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=TRAIN_DIGESTS)
-    except (MlflowException, OSError):
+    except OSError:
         return None
+    except MlflowException as error:
+        if error.error_code in NOT_FOUND:
+            return None
+        raise  # e.g. a locked registry: never read as "no record", which would favour the champion
     return set(Path(path).read_text().split())
 
 
@@ -152,26 +159,29 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion |
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as error:
-        if error.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+        if error.error_code in NOT_FOUND:
             return None
         raise
 
 
 def while_locked(call: Callable[[], T], wait_s: float, what: str) -> T:
-    """``call()``, retried with backoff while the registry answers TEMPORARILY_UNAVAILABLE (SQLite
-    locked by another writer past its own 20 s busy timeout), for up to ``wait_s`` seconds."""
+    """``call()``, retried with backoff while a SQLite registry is locked by another writer (past
+    SQLite's own 20 s busy timeout), for up to ``wait_s`` seconds. Other errors, also the other
+    TEMPORARILY_UNAVAILABLE ones (a full disk, a read-only file), are raised at once. A tracking
+    server retries its own 503s and then answers INTERNAL_ERROR, which is raised as it is."""
     deadline, delay = time.monotonic() + wait_s, 1.0
     while True:
         try:
             return call()
         except MlflowException as error:
-            if error.error_code != "TEMPORARILY_UNAVAILABLE":
+            if error.error_code != "TEMPORARILY_UNAVAILABLE" or not any(text in str(error) for text in LOCKED):
                 raise
-            if time.monotonic() + delay > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise RegistryBusyError(f"the model registry stayed locked by another writer for over {wait_s:g} s "
-                                        f"({what}); no alias was moved: run again once it is free") from error
+                                        f"({what}); the champion is unchanged: run again once it is free") from error
             logger.warning("model registry locked by another writer (%s): retrying in %.0f s", what, delay)
-            time.sleep(delay)
+            time.sleep(min(delay, remaining))
             delay = min(2 * delay, 30.0)
 
 
@@ -209,8 +219,8 @@ def promotion_lock(name: str, wait_s: float) -> Iterator[None]:
         try:
             lock.acquire(timeout=wait_s)
         except Timeout:
-            raise RegistryBusyError(f"another promotion of {name!r} held {path} for over {wait_s:g} s; no alias "
-                                    "was moved: run again once it ends") from None
+            raise RegistryBusyError(f"another promotion of {name!r} held {path} for over {wait_s:g} s; the "
+                                    "champion is unchanged: run again once it ends") from None
     try:
         yield
     finally:
@@ -218,19 +228,29 @@ def promotion_lock(name: str, wait_s: float) -> Iterator[None]:
 
 
 def apply_decision(client: MlflowClient, name: str, version: int, decision: PromotionDecision,
-                   evidence: dict[str, str] | None = None) -> str:
-    """Move the aliases for ``decision`` and tag ``version`` with it and ``evidence`` (e.g. which
-    set decided); returns the alias given."""
+                   evidence: dict[str, str] | None = None, champion: ModelVersion | None = None) -> str:
+    """Move the aliases for ``decision`` (taken against ``champion``) and tag ``version`` with it and
+    ``evidence`` (e.g. which set decided); returns the alias given. Should the ``champion`` move
+    itself fail, ``previous_champion`` is put back where it was, so a rollback still has its target."""
     tags = {f"promotion_{k}": str(v) for k, v in (decision.as_dict() | (evidence or {})).items()}
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, value)
     if not decision.promote:
         client.set_registered_model_alias(name, CHALLENGER, str(version))
         return CHALLENGER
-    champion = alias_version(client, name, CHAMPION)
-    if champion is not None and int(champion.version) != version:
-        client.set_registered_model_alias(name, PREVIOUS, str(champion.version))
-    client.set_registered_model_alias(name, CHAMPION, str(version))
+    if champion is None or int(champion.version) == version:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+        return CHAMPION
+    previous = alias_version(client, name, PREVIOUS)
+    client.set_registered_model_alias(name, PREVIOUS, str(champion.version))
+    try:
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+    except Exception:
+        if previous is None:
+            client.delete_registered_model_alias(name, PREVIOUS)
+        else:
+            client.set_registered_model_alias(name, PREVIOUS, str(previous.version))
+        raise
     return CHAMPION
 
 
@@ -242,8 +262,9 @@ def promote(client: MlflowClient, name: str, version: int, holdout: ImageSet, cf
     for both. Returns (alias, decision, champion version before).
 
     Every prediction and the decision come before the first registry write, so any failure
-    leaves the previous champion in place. Under the promotion lock, and decided again should
-    the champion move meanwhile, so two runs promoting at once each compare with the final one.
+    leaves the previous champion in place. Under the promotion lock on a SQLite registry, so two
+    runs promoting at once take turns; on a tracking server, decided again should the champion
+    move meanwhile (a window of a few calls remains there between that check and the alias move).
     """
     client = PatientClient(client, cfg.registry_wait_s)
     with promotion_lock(name, cfg.registry_wait_s):
@@ -260,7 +281,7 @@ def promote(client: MlflowClient, name: str, version: int, holdout: ImageSet, cf
         else:
             raise RegistryBusyError(f"the champion of {name!r} moved three times while version {version} was being "
                                     "decided; no alias was moved: run again")
-        alias = apply_decision(client, name, version, decision, evidence)
+        alias = apply_decision(client, name, version, decision, evidence, champion)
     return alias, decision, version_of(champion)
 
 
@@ -285,15 +306,18 @@ def decide_against(client: PatientClient, name: str, version: int, champion: Mod
     return decision, {"holdout": holdout_name, "holdout_hash": hash_before, "holdout_images": len(holdout), **record}
 
 
-def rollback(client: MlflowClient, name: str) -> tuple[int, int | None]:
+def rollback(client: MlflowClient, name: str, wait_s: float = 600) -> tuple[int, int | None]:
     """Give ``champion`` back to the ``previous_champion`` version; returns (restored, demoted),
-    demoted None when no version held ``champion`` (e.g. its alias or version was deleted)."""
-    previous, champion = alias_version(client, name, PREVIOUS), alias_version(client, name, CHAMPION)
-    if previous is None:
-        raise ValueError(f"registered model {name!r} has no {PREVIOUS!r} alias: nothing to roll back to")
-    client.set_registered_model_alias(name, CHAMPION, str(previous.version))
-    client.delete_registered_model_alias(name, PREVIOUS)
-    if champion is not None:
-        client.set_registered_model_alias(name, CHALLENGER, str(champion.version))
-        client.set_model_version_tag(name, str(champion.version), "rolled_back", "true")
+    demoted None when no version held ``champion`` (e.g. its alias or version was deleted).
+    Under the promotion lock, waiting out a locked registry like a promotion."""
+    client = PatientClient(client, wait_s)
+    with promotion_lock(name, wait_s):
+        previous, champion = alias_version(client, name, PREVIOUS), alias_version(client, name, CHAMPION)
+        if previous is None:
+            raise ValueError(f"registered model {name!r} has no {PREVIOUS!r} alias: nothing to roll back to")
+        client.set_registered_model_alias(name, CHAMPION, str(previous.version))
+        client.delete_registered_model_alias(name, PREVIOUS)
+        if champion is not None:
+            client.set_registered_model_alias(name, CHALLENGER, str(champion.version))
+            client.set_model_version_tag(name, str(champion.version), "rolled_back", "true")
     return int(previous.version), None if champion is None else int(champion.version)

@@ -19,7 +19,9 @@ import pandas as pd
 import pytest
 
 from tests.helpers import write_class_tree
-from tests.pipeline.conftest import folders_source, output, run_and_fetch, statuses, use_stack_tracking, write_yaml
+from tests.pipeline.conftest import (
+    FAST_INTERVALS, folders_source, output, run_and_fetch, statuses, use_stack_tracking, write_yaml,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +32,7 @@ def config(path: Path, data: Path, size: int = 32, epochs: int = 2, samples: int
            lr: float = 1e-2, registry_wait_s: float = 600) -> Path:
     """A 32 px resnet10t training config registering to NAME with promotion; a run whose model must
     differ from the others' (so that no step is cached) gets its own ``lr``."""
-    return write_yaml(path, {"model": {"name": NAME}, "parameters": {
+    return write_yaml(path, {"model": {"name": NAME}, "parameters": {**FAST_INTERVALS,
         "data": folders_source(data), "split": {"val_fraction": 0.25},
         "preprocess": {"image_size": size, "clahe": False}, "model": {"backbone": "resnet10t"},
         "train": {"epochs": epochs, "batch_size": 8, "lr": lr, "samples_per_epoch": samples},
@@ -262,7 +264,7 @@ def test_a_registry_database_locked_during_promotion_is_waited_out_or_fails_clea
     out = wait_exit(process, log)
     assert process.returncode == 1, out
     assert ("error: step promote_model: the model registry stayed locked by another writer for over 5 s "
-            "(set_registered_model_alias); no alias was moved") in out
+            "(set_registered_model_alias); the champion is unchanged") in out
     assert step_status("faults-db-locked-impatient", "promote_model") == "failed"
     assert len(registry().search_model_versions(f"name='{NAME}'")) == count + 1
     assert_nothing_lost(champion, before)

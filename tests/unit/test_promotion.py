@@ -240,8 +240,13 @@ def test_a_registry_locked_by_another_writer_is_waited_out_then_reported(registr
     from cxr.errors import RegistryBusyError
     from steps.registry import lifecycle
 
-    sleeps: list[float] = []
-    monkeypatch.setattr(lifecycle.time, "sleep", sleeps.append)
+    clock, sleeps = [0.0], []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(lifecycle, "time", type("FakeTime", (), {"monotonic": lambda: clock[0], "sleep": sleep}))
     outcomes = iter([MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)] * 2 + ["done"])
 
     def locked_twice() -> str:
@@ -253,16 +258,60 @@ def test_a_registry_locked_by_another_writer_is_waited_out_then_reported(registr
     assert lifecycle.while_locked(locked_twice, 60, "set alias") == "done" and sleeps == [1.0, 2.0]
 
     def locked() -> None:
-        raise MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
+        raise MlflowException("(sqlite3.OperationalError) database is locked", TEMPORARILY_UNAVAILABLE)
 
-    with pytest.raises(RegistryBusyError, match=r"locked by another writer for over 5 s \(set alias\); no alias"):
+    sleeps.clear()
+    with pytest.raises(RegistryBusyError, match=r"locked by another writer for over 5 s \(set alias\); the champion"):
         lifecycle.while_locked(locked, 5, "set alias")
+    assert sleeps == [1.0, 2.0, 2.0]  # the last sleep is cut to the time left
+
+    def disk_error() -> None:
+        raise MlflowException("(sqlite3.OperationalError) disk I/O error", TEMPORARILY_UNAVAILABLE)
+
+    sleeps.clear()
+    with pytest.raises(MlflowException, match="disk I/O error"):  # not a lock: raised at once
+        lifecycle.while_locked(disk_error, 60, "set alias")
+    assert sleeps == []
     monkeypatch.setattr(registry, "get_model_version_by_alias", lambda *_: locked())
     with pytest.raises(MlflowException, match="database is locked"):  # never read as "no champion"
         lifecycle.alias_version(registry, "any", "champion")
     missing = MlflowException("Registered model alias champion not found.", INVALID_PARAMETER_VALUE)
     monkeypatch.setattr(registry, "get_model_version_by_alias", lambda *_: (_ for _ in ()).throw(missing))
     assert lifecycle.alias_version(registry, "any", "champion") is None
+
+
+def test_a_failed_champion_move_puts_previous_champion_back():
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    from cxr.lifecycle.promotion import PromotionDecision
+    from steps.registry import lifecycle
+
+    class LockedAtTheChampion:
+        """A registry whose ``champion`` alias cannot be written."""
+
+        aliases = {"champion": "3", "previous_champion": "2"}
+
+        def set_model_version_tag(self, *_args) -> None:
+            pass
+
+        def get_model_version_by_alias(self, _name, alias):
+            if alias not in self.aliases:
+                raise MlflowException(f"alias {alias} not found", INVALID_PARAMETER_VALUE)
+            return SimpleNamespace(version=self.aliases[alias])
+
+        def set_registered_model_alias(self, _name, alias, version) -> None:
+            if alias == "champion":
+                raise MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
+            self.aliases[alias] = version
+
+    client = LockedAtTheChampion()
+    with pytest.raises(MlflowException, match="locked"):
+        lifecycle.apply_decision(client, "m", 4, PromotionDecision(True, "better", 0.9), champion=SimpleNamespace(
+            version="3"))
+    assert client.aliases == {"champion": "3", "previous_champion": "2"}  # a rollback still goes to 2
 
 
 def test_a_second_promotion_of_a_model_waits_for_the_first_and_gives_up_with_a_clear_error(registry):
