@@ -19,6 +19,11 @@ def output(run, step: str, name: str):
     return run.steps[step].outputs[name][0].load()
 
 
+# the calibrate step's patient-level bootstrap intervals at 50 replicates instead of 1000: most of a
+# small test run's time otherwise, and no pipeline test asserts an interval's width
+FAST_INTERVALS = {"operating_points": {"n_bootstrap": 50}}
+
+
 def write_yaml(path: Path, config: dict) -> Path:
     """``config`` written as YAML to ``path``; returns ``path``."""
     path.write_text(yaml.safe_dump(config))

@@ -20,6 +20,7 @@ import yaml
 
 from tests.conftest import REPO_ROOT
 from tests.helpers import write_class_tree
+from tests.pipeline.conftest import FAST_INTERVALS
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,7 @@ def edited_runs(tmp_path_factory) -> dict[str, dict[str, str]]:
     repo = copy_repo(tmp / "repo")
     data = write_class_tree(tmp / "data", n_per_class=16, size=32)
     config = tmp / "config.yaml"
-    config.write_text(yaml.safe_dump({"parameters": {
+    config.write_text(yaml.safe_dump({"parameters": {**FAST_INTERVALS,
         "data": {"source": "folders", "path": str(data), "negative_class": "NORMAL",
                  "patient_id_pattern": r"^(patient\w\d+)"},
         "split": {"val_fraction": 0.25},

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from tests.dicom_files import PHI, write_dicom
-from tests.pipeline.conftest import output, run_and_fetch, statuses, write_yaml
+from tests.pipeline.conftest import FAST_INTERVALS, output, run_and_fetch, statuses, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def salt():
 
 @pytest.fixture(scope="module")
 def runs(root: Path, salt):
-    train = write_yaml(root / "train.yaml", {"parameters": {
+    train = write_yaml(root / "train.yaml", {"parameters": {**FAST_INTERVALS,
         **SETTINGS, "registered_model_name": NAME, "submission_path": str(root / "outputs" / "submission.csv"),
         "data": {"source": "folders", "path": str(root / "dicom"), "negative_class": "NORMAL"},
         "test_data": {"source": "images", "path": str(root / "dicom_test"), "label_names": ["pneumonia"]}}})

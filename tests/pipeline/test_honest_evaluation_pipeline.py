@@ -13,7 +13,9 @@ from sklearn.metrics import roc_auc_score
 
 from cxr.errors import DataError
 from tests.helpers import write_class_tree
-from tests.pipeline.conftest import folders_source, output, run_and_fetch, statuses, use_stack_tracking, write_yaml
+from tests.pipeline.conftest import (
+    FAST_INTERVALS, folders_source, output, run_and_fetch, statuses, use_stack_tracking, write_yaml,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +48,7 @@ def sites(tmp_path_factory) -> dict[str, Path]:
 
 def write_config(path: Path, sites: dict[str, Path], action: str) -> Path:
     images = {"source": "images", "label_names": ["pneumonia"]}
-    return write_yaml(path, {"parameters": {
+    return write_yaml(path, {"parameters": {**FAST_INTERVALS,
         "data": folders_source(sites["train"]),
         "test_data": {**images, "path": str(sites["test"])},
         "submission_path": str(path.parent / "submission.csv"),

@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score
 
 from cxr.data.label_tables import NIH_FINDINGS
 from tests.helpers import synthetic_xray
-from tests.pipeline.conftest import output, run_and_fetch, statuses, use_stack_tracking, write_yaml
+from tests.pipeline.conftest import FAST_INTERVALS, output, run_and_fetch, statuses, use_stack_tracking, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def nih_data(tmp_path_factory) -> Path:
 
 
 def write_config(folder: Path, data: Path, population: int) -> Path:
-    return write_yaml(folder / f"nih-{population}.yaml", {"parameters": {
+    return write_yaml(folder / f"nih-{population}.yaml", {"parameters": {**FAST_INTERVALS,
         "data": {"source": "nih", "path": str(data / "labels.csv"), "image_dir": str(data / "images")},
         "split": {"val_fraction": 0.25},
         "preprocess": {"image_size": 32},

@@ -17,7 +17,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from tests.helpers import free_port, write_class_tree
-from tests.pipeline.conftest import folders_source, output, run_and_fetch, use_stack_tracking, write_yaml
+from tests.pipeline.conftest import (
+    FAST_INTERVALS, folders_source, output, run_and_fetch, use_stack_tracking, write_yaml,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +40,7 @@ def trees(tmp_path_factory) -> dict[str, Path]:
 def write_config(path: Path, data: Path, registered: str, extra: dict | None = None) -> Path:
     """A 32 px resnet10t training config with promotion, registering to ``registered``; no CLAHE,
     whose 4 px tiles would flatten the opacities."""
-    return write_yaml(path, {"parameters": {
+    return write_yaml(path, {"parameters": {**FAST_INTERVALS,
         "data": folders_source(data), "split": {"val_fraction": 0.25},
         "preprocess": {"image_size": 32, "clahe": False},
         "model": {"backbone": "resnet10t"}, "train": TRAIN, "tta_views": ["original"],

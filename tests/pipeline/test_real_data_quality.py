@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tests.pipeline.conftest import output, run_and_fetch, use_stack_tracking, write_yaml
+from tests.pipeline.conftest import FAST_INTERVALS, output, run_and_fetch, use_stack_tracking, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def quality_run(real_data_dir: Path, tmp_path_factory) -> tuple:
         (folder / "train" / name).mkdir(parents=True)
         for path in drawn[name]:
             (folder / "train" / name / path.name).symlink_to(path)
-    config = write_yaml(folder / "quality.yaml", {"parameters": {
+    config = write_yaml(folder / "quality.yaml", {"parameters": {**FAST_INTERVALS,
         "data": {"source": "folders", "path": str(folder / "train"), "negative_class": "NORMAL",
                  "patient_id_pattern": PATIENT},
         "split": {"val_fraction": 0.2, "seed": 0}, "preprocess": {"image_size": 64},

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from tests.helpers import write_class_tree
-from tests.pipeline.conftest import folders_source, output, run_and_fetch, statuses, use_stack_tracking, write_yaml
+from tests.pipeline.conftest import (
+    FAST_INTERVALS, folders_source, output, run_and_fetch, statuses, use_stack_tracking, write_yaml,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +34,7 @@ def run(root: Path):
     (root / "test").mkdir()
     for k, path in enumerate(sorted((root / "test_raw").rglob("*.png"))):
         shutil.copy(path, root / "test" / f"t{k}.png")
-    config = write_yaml(root / "adapt.yaml", {"parameters": {
+    config = write_yaml(root / "adapt.yaml", {"parameters": {**FAST_INTERVALS,
         "data": folders_source(train),
         "test_data": {"source": "images", "path": str(root / "test"), "label_names": ["pneumonia"]},
         "submission_path": str(root / "submission.csv"),

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.helpers import write_class_tree
+from tests.pipeline.conftest import FAST_INTERVALS
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +18,7 @@ SSL_STEPS = {"handcrafted_features", "nn_pairs", "ssl_pretrain", "ssl_probe"}
 
 def write_config(folder: Path, data: Path, lr: float) -> Path:
     path = folder / f"ssl-{lr}.yaml"
-    path.write_text(yaml.safe_dump({"parameters": {
+    path.write_text(yaml.safe_dump({"parameters": {**FAST_INTERVALS,
         "data": {"source": "folders", "path": str(data), "negative_class": "NORMAL",
                  "patient_id_pattern": r"^(patient\w\d+)"},
         "split": {"val_fraction": 0.25},

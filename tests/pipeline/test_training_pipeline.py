@@ -21,7 +21,7 @@ from sklearn.metrics import (
 )
 
 from cxr.errors import DataError
-from tests.pipeline.conftest import output, run_and_fetch, statuses, use_stack_tracking
+from tests.pipeline.conftest import FAST_INTERVALS, output, run_and_fetch, statuses, use_stack_tracking
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def mini_kermany(real_data_dir: Path, tmp_path_factory) -> Path:
 
 
 def write_config(folder: Path, data: Path, lr: float) -> Path:
-    config = {"parameters": {
+    config = {"parameters": {**FAST_INTERVALS,
         "data": {"source": "folders", "path": str(data / "train"), "negative_class": "NORMAL",
                  "patient_id_pattern": r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)"},
         "test_data": {"source": "images", "path": str(data / "test" / "images"), "label_names": ["pneumonia"]},

@@ -65,3 +65,15 @@ def test_the_rules_catch_a_violation(tmp_path: Path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    import mlflow\n    from zenml.client import Client\n")
     assert imported_roots(bad) & FORBIDDEN["cxr"] == {"mlflow", "zenml"}
+
+
+def test_zenml_package_lookup_is_cached_and_answers_as_zenml_does():
+    from zenml.utils import source_utils
+
+    import materializers  # noqa: F401  (installs the cache)
+
+    lookup = source_utils._get_package_for_module
+    assert hasattr(lookup, "cache_info"), "materializers did not cache ZenML's package lookup"
+    for module in ("pandas.core.frame", "PIL.Image", "numpy", "no_such_module_anywhere"):
+        assert lookup(module) == lookup.__wrapped__(module)
+    assert lookup("pandas.core.frame") == "pandas" and lookup.cache_info().hits >= 1
