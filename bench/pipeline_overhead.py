@@ -1,7 +1,9 @@
 """Per-run overhead of a small training pipeline with and without the cache of ZenML's package
 lookup (``materializers.cache_package_lookup``), in the same process, on generated images.
 
-    python bench/pipeline_overhead.py [--repeats 2]
+    PYTHONPATH=. python bench/pipeline_overhead.py [--repeats 2]
+
+(``PYTHONPATH=.`` for the test helpers that generate the images, as ``bench/serve.py`` needs.)
 
 Runs in a temporary ZenML store. After a warm-up run, each repeat runs the pipeline once with
 ZenML's uncached lookup and once with the cache (each with its own lr, so nothing is cached).
@@ -14,12 +16,10 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 TMP = Path(tempfile.mkdtemp(prefix="cxr-overhead-"))
 os.environ["ZENML_CONFIG_PATH"], os.environ["ZENML_REPOSITORY_PATH"] = str(TMP / "zen"), str(TMP / "repo")

@@ -294,6 +294,7 @@ def decide_against(client: PatientClient, name: str, version: int, champion: Mod
     """The decision on ``version`` against ``champion`` on ``holdout``, and its evidence tags."""
     hash_before = holdout.content_hash()
     holdout, record = unseen_by(champion, holdout)
+
     def score(scored_version: int | str) -> pd.DataFrame:
         return while_locked(lambda: registry_predictions(name, str(scored_version), holdout), cfg.registry_wait_s,
                             f"scoring version {scored_version}")

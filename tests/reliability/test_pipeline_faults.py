@@ -50,19 +50,22 @@ def champion(tmp_path_factory) -> dict:
     return {"root": root, "tree": tree, "probe": sorted((tree / "PNEUMONIA").iterdir())[:4]}
 
 
-def spawn(config_path: Path, run_name: str, log: Path | None = None) -> subprocess.Popen:
+def launch(argv: list[str], log: Path | None) -> subprocess.Popen:
+    """``python ARGV`` from the repository root, its output in ``log`` (or discarded)."""
     out = open(log, "w") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "run.py", "train", "-c", str(config_path), "--run-name", run_name],
-                            cwd=REPO_ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, *argv], cwd=REPO_ROOT, env=dict(os.environ), stdout=out,
+                            stderr=subprocess.STDOUT)
+
+
+def spawn(config_path: Path, run_name: str, log: Path | None = None) -> subprocess.Popen:
+    return launch(["run.py", "train", "-c", str(config_path), "--run-name", run_name], log)
 
 
 def paused_run(target: str, config_path: Path, run_name: str, ready: Path, release: Path | None = None,
                log: Path | None = None) -> subprocess.Popen:
     """A training run that stops at the first call of ``target`` (see faulty_run), until ``release`` exists."""
-    out = open(log, "w") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "tests.reliability.faulty_run", target, str(ready), "-",
-                             str(release or "-"), "train", "-c", str(config_path), "--run-name", run_name],
-                            cwd=REPO_ROOT, env=dict(os.environ), stdout=out, stderr=subprocess.STDOUT)
+    return launch(["-m", "tests.reliability.faulty_run", target, str(ready), "-", str(release or "-"), "train", "-c",
+                   str(config_path), "--run-name", run_name], log)
 
 
 def step_status(run_name: str, step: str) -> str | None:
@@ -75,13 +78,18 @@ def step_status(run_name: str, step: str) -> str | None:
     return str(steps[step].status.value) if step in steps else None
 
 
-def kill_when(process: subprocess.Popen, ready, timeout: float = 600) -> None:
-    """SIGKILL ``process`` as soon as ``ready()`` holds."""
+def wait_until(process: subprocess.Popen, ready, log: Path | None = None, timeout: float = 600) -> None:
+    """Wait until ``ready()`` holds while ``process`` runs; fails (with its log) if it ends first or time runs out."""
     deadline = time.monotonic() + timeout
     while not ready():
-        assert process.poll() is None, "the run ended before the fault could be injected"
-        assert time.monotonic() < deadline, "the fault point was never reached"
+        assert process.poll() is None, log.read_text() if log else "the run ended before the fault point"
+        assert time.monotonic() < deadline, log.read_text() if log else "the fault point was never reached"
         time.sleep(0.05)
+
+
+def kill_when(process: subprocess.Popen, ready, timeout: float = 600) -> None:
+    """SIGKILL ``process`` as soon as ``ready()`` holds."""
+    wait_until(process, ready, timeout=timeout)
     process.send_signal(signal.SIGKILL)
     process.wait()
 
@@ -93,10 +101,10 @@ def registry():
     return mlflow.MlflowClient()
 
 
-def champion_after(run, before: int) -> int:
-    """The champion version once ``run`` has promoted (its version) or not (``before``)."""
-    versions = [int(v.version) for v in registry().search_model_versions(f"name='{NAME}'")]
-    return max(versions) if output(run, "promote_model", "promotion")["alias"] == "champion" else before
+def champion_after(run, champion_before: int) -> int:
+    """The champion once ``run`` has promoted: its own version, or the one before when it did not win."""
+    promoted = output(run, "promote_model", "promotion")["alias"] == "champion"
+    return int(output(run, "register_model", "model_version")) if promoted else champion_before
 
 
 def assert_nothing_lost(champion: dict, champion_version: int = 1) -> None:
@@ -220,20 +228,6 @@ def wait_exit(process: subprocess.Popen, log: Path, timeout: float = 900) -> str
     return log.read_text()
 
 
-def wait_ready(process: subprocess.Popen, ready: Path, log: Path, timeout: float = 600) -> None:
-    """Wait until a paused run has reached its fault point."""
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-
-
-def version_after(run, champion_before: int) -> int:
-    """The champion once ``run`` has promoted: its own version, or the one before when it did not win."""
-    promoted = output(run, "promote_model", "promotion")["alias"] == "champion"
-    return int(output(run, "register_model", "model_version")) if promoted else champion_before
-
-
 def registry_database() -> Path:
     from pipelines import runner
 
@@ -259,7 +253,7 @@ def test_a_registry_database_locked_during_promotion_is_waited_out_or_fails_clea
     impatient = config(tmp_path / "impatient.yaml", champion["tree"], lr=4.5e-3, registry_wait_s=5)
     ready, release, log = tmp_path / "ready", tmp_path / "release", tmp_path / "impatient.log"
     process = paused_run(ALIAS_MOVE, impatient, "faults-db-locked-impatient", ready, release, log)
-    wait_ready(process, ready, log)
+    wait_until(process, ready.exists, log)
     hold_database_lock(26, release)  # past SQLite's 20 s busy timeout and the run's 5 s of patience
     out = wait_exit(process, log)
     assert process.returncode == 1, out
@@ -274,7 +268,7 @@ def test_a_registry_database_locked_during_promotion_is_waited_out_or_fails_clea
     release.unlink()
     log = tmp_path / "patient.log"
     process = paused_run(ALIAS_MOVE, patient, "faults-db-locked-patient", ready, release, log)
-    wait_ready(process, ready, log)
+    wait_until(process, ready.exists, log)
     hold_database_lock(25, release)  # SQLite gives up after 20 s; the promotion's retry waits out the rest
     out = wait_exit(process, log)
     assert process.returncode == 0, out
@@ -283,7 +277,7 @@ def test_a_registry_database_locked_during_promotion_is_waited_out_or_fails_clea
 
     run = Client().get_pipeline_run("faults-db-locked-patient")
     assert statuses(run)["finetune"] == "cached" and str(run.status.value) == "completed"
-    assert_nothing_lost(champion, version_after(run, before))
+    assert_nothing_lost(champion, champion_after(run, before))
 
 
 def test_two_runs_promoting_at_once_take_turns_and_the_second_compares_with_the_first(champion, tmp_path):
@@ -293,18 +287,16 @@ def test_two_runs_promoting_at_once_take_turns_and_the_second_compares_with_the_
     ready, release = tmp_path / "ready", tmp_path / "release"
     first = paused_run(ALIAS_MOVE, config(tmp_path / "first.yaml", champion["tree"], lr=3e-3),
                        "faults-concurrent-first", ready, release, tmp_path / "first.log")
-    wait_ready(first, ready, tmp_path / "first.log")  # it holds the promotion lock, stopped before its alias move
+    wait_until(first, ready.exists, tmp_path / "first.log")  # holds the promotion lock, stopped before its alias move
     second = spawn(config(tmp_path / "second.yaml", champion["tree"], lr=2e-3), "faults-concurrent-second",
                    tmp_path / "second.log")
-    deadline = time.monotonic() + 600
-    while "waiting for another run's promotion of" not in (tmp_path / "second.log").read_text():
-        assert second.poll() is None and time.monotonic() < deadline, (tmp_path / "second.log").read_text()
-        time.sleep(0.2)
+    wait_until(second, lambda: "waiting for another run's promotion of" in (tmp_path / "second.log").read_text(),
+               tmp_path / "second.log")
     assert step_status("faults-concurrent-second", "promote_model") == "running"
     release.write_text("go")
     for process, name in ((first, "first"), (second, "second")):
         assert process.wait(timeout=600) == 0, (tmp_path / f"{name}.log").read_text()
     runs = {name: Client().get_pipeline_run(f"faults-concurrent-{name}") for name in ("first", "second")}
-    after_first = version_after(runs["first"], before)
+    after_first = champion_after(runs["first"], before)
     assert output(runs["second"], "promote_model", "promotion")["champion_before"] == after_first
-    assert_nothing_lost(champion, version_after(runs["second"], after_first))
+    assert_nothing_lost(champion, champion_after(runs["second"], after_first))
