@@ -33,9 +33,10 @@ def to_input(batch: np.ndarray | torch.Tensor, mean: float, std: float,
 
 
 def seeded_sample(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """At most ``limit`` of ``rows``, a seeded sample kept in their order (all of them when few)."""
+    """At most ``limit`` of ``rows``, a seeded sample kept in their order (all of them when few; read
+    into memory when ``rows`` are sharded images)."""
     if len(rows) <= limit:
-        return rows
+        return rows[:]
     return rows[np.sort(np.random.default_rng(seed).choice(len(rows), limit, replace=False))]
 
 

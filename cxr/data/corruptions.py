@@ -124,4 +124,4 @@ def invert(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.nd
 
 def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
     """``images`` under the corruption ``name`` at ``severity``, reproducibly for a ``seed``."""
-    return CORRUPTIONS.get(name)(images, severity, np.random.default_rng(seed))
+    return CORRUPTIONS.get(name)(np.asarray(images), severity, np.random.default_rng(seed))

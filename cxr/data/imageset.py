@@ -2,7 +2,8 @@
 
 A manifest DataFrame (one row per image: id, source path, patient id, split) plus a label
 matrix, a label mask (False where the label is unknown) and, once preprocessed, a uint8
-array of decoded, resized grayscale images that later steps read instead of image files.
+array of decoded, resized grayscale images that later steps read instead of image files: in
+memory for small sets, or memory-mapped shards (``cxr.data.shards``) for sets that do not fit.
 ``save_imageset``/``load_imageset`` are its one storage format (the ZenML materializer and
 the data-parallel launcher both use it).
 """
@@ -17,6 +18,8 @@ from typing import IO, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from cxr.data.shards import INDEX_FILE, ShardedImages, localise_shards, pixel_digest, take_rows, write_shards
 
 MANIFEST_COLUMNS = ("id", "path", "patient_id", "split")
 SOURCE_COLUMNS = ("source_height", "source_width", "source_std", "source_clipped", "source_colour")
@@ -39,7 +42,8 @@ class ImageSet:
         label_names: names of the label columns, in model output order (may be empty).
         labels: float32 (N, L) with 0/1 where known (0 where unknown).
         mask: bool (N, L), True where the label is known.
-        images: uint8 (N, H, W) decoded grayscale images, or None before preprocessing.
+        images: uint8 (N, H, W) decoded grayscale images (an array, or ``ShardedImages`` on disk),
+            or None before preprocessing.
         skipped: files left out under ``skip_corrupt``, as dicts with ``path`` and ``reason``.
     """
 
@@ -47,7 +51,7 @@ class ImageSet:
     label_names: tuple[str, ...]
     labels: np.ndarray
     mask: np.ndarray
-    images: np.ndarray | None = None
+    images: np.ndarray | ShardedImages | None = None
     skipped: tuple[dict, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -82,7 +86,7 @@ class ImageSet:
             manifest=self.manifest.iloc[index].reset_index(drop=True),
             labels=self.labels[index],
             mask=self.mask[index],
-            images=None if self.images is None else self.images[index],
+            images=None if self.images is None else take_rows(self.images, index),
         )
 
     def split(self, name: str) -> "ImageSet":
@@ -94,7 +98,7 @@ class ImageSet:
         manifest = self.manifest.assign(**{name: stats[:, j] for j, name in enumerate(SOURCE_COLUMNS)})
         return replace(self, manifest=manifest)
 
-    def with_images(self, images: np.ndarray, keep: np.ndarray | None = None,
+    def with_images(self, images: np.ndarray | ShardedImages, keep: np.ndarray | None = None,
                     skipped: Sequence[dict] = ()) -> "ImageSet":
         """A copy holding decoded ``images`` for the rows in ``keep`` (all rows if None)."""
         base = self if keep is None else self.subset(keep)
@@ -108,7 +112,10 @@ class ImageSet:
         digest = hashlib.blake2b(digest_size=20)
         digest.update(json.dumps(self.label_names).encode())
         digest.update(pd.util.hash_pandas_object(self.label_frame(), index=False).to_numpy().tobytes())
-        if self.images is not None:
+        if isinstance(self.images, ShardedImages):
+            digest.update(str(self.images.shape).encode())
+            digest.update("".join(self.images.digests()).encode())
+        elif self.images is not None:
             digest.update(str(self.images.shape).encode())
             digest.update(memoryview(np.ascontiguousarray(self.images)).cast("B"))
         else:
@@ -122,6 +129,8 @@ class ImageSet:
         lossless format gets the same digest), or of its file's bytes before decoding."""
         if self.images is None:
             return [file_digest(path) for path in self.manifest["path"]]
+        if isinstance(self.images, ShardedImages):
+            return self.images.digests()
         return [pixel_digest(image) for image in self.images]
 
     def content_hash(self) -> str:
@@ -163,11 +172,6 @@ def years_band(years: float) -> str:
     return next((name for low, high, name in AGE_BANDS if low <= years < high), "")
 
 
-def pixel_digest(image: np.ndarray) -> str:
-    """blake2b of a decoded image's shape and pixels (32 hex characters)."""
-    return hashlib.blake2b(str(image.shape).encode() + np.ascontiguousarray(image).tobytes(),
-                           digest_size=16).hexdigest()
-
 
 def hashed_id(value: str) -> str:
     """12 hex digits of blake2b: the form in which an image or patient id may be logged."""
@@ -193,30 +197,44 @@ def make_manifest(ids: Sequence[str], paths: Sequence[str],
 
 
 def save_imageset(data: ImageSet, folder: str, open_file: Opener = open) -> None:
-    """``data`` as ``manifest.parquet`` (labels and masks included), ``images.npy`` (when
-    decoded) and ``meta.json`` (label names, skipped files) in ``folder``; ``open_file``
-    opens a path in it (``open``, or an artifact store's ``fileio.open``)."""
+    """``data`` as ``manifest.parquet`` (labels and masks included), the images (``images.npy``, or
+    ``shards.json`` and its shards for a sharded set, copied a shard at a time) and ``meta.json``
+    (label names, skipped files) in ``folder``; ``open_file`` opens a path in it (``open``, or an
+    artifact store's ``fileio.open``)."""
     with open_file(os.path.join(folder, META_FILE), "w") as f:
         json.dump({"label_names": list(data.label_names), "skipped": list(data.skipped)}, f)
     with open_file(os.path.join(folder, MANIFEST_FILE), "wb") as f:
         data.label_frame().to_parquet(f, index=False)
-    if data.images is not None:
+    if isinstance(data.images, ShardedImages):
+        write_shards(data.images, folder, open_file=open_file)
+    elif data.images is not None:
         with open_file(os.path.join(folder, IMAGES_FILE), "wb") as f:
             np.save(f, np.ascontiguousarray(data.images), allow_pickle=False)
 
 
 def load_imageset(folder: str, open_file: Opener = open, exists: Callable[[str], bool] = os.path.exists,
                   mmap: bool = False) -> ImageSet:
-    """The ImageSet ``save_imageset`` wrote; ``mmap`` maps the images read-only instead of
-    reading them (a local folder only: processes then share one copy in the page cache)."""
+    """The ImageSet ``save_imageset`` wrote; ``mmap`` maps ``images.npy`` read-only instead of
+    reading it (a local folder only: processes then share one copy in the page cache). Shards are
+    always memory-mapped: in place in a local folder, else after copying them to local scratch."""
     with open_file(os.path.join(folder, META_FILE), "r") as f:
         meta = json.load(f)
     with open_file(os.path.join(folder, MANIFEST_FILE), "rb") as f:
         frame = pd.read_parquet(f)
     images, path = None, os.path.join(folder, IMAGES_FILE)
-    if mmap:
+    if exists(os.path.join(folder, INDEX_FILE)):
+        images = sharded_images(folder, open_file)
+    elif mmap:
         images = np.load(path, mmap_mode="r", allow_pickle=False)
     elif exists(path):
         with open_file(path, "rb") as f:
             images = np.load(f, allow_pickle=False)
     return ImageSet.from_label_frame(frame, meta["label_names"], images, meta["skipped"])
+
+
+def sharded_images(folder: str, open_file: Opener = open) -> ShardedImages:
+    """The shards in ``folder``, mapped in place when it is a local folder, else from a local copy."""
+    if os.path.isfile(os.path.join(folder, INDEX_FILE)):
+        return ShardedImages(folder)
+    local, token = localise_shards(folder, open_file)
+    return ShardedImages(local, owner=token)

@@ -1,5 +1,8 @@
 """Decode once, in parallel: files to one uint8 (N, S, S) array, resized and CLAHE-equalised.
 
+Large sets go to memory-mapped shards instead (``storage``): written as decoding proceeds, so
+memory holds a few shards, not the set.
+
 OpenCV releases the GIL while decoding, resizing and equalising, so a thread pool uses
 every core without copying images between processes. What the source looked like before
 resizing (side lengths, contrast, clipping, colour) goes to the manifest's ``SOURCE_COLUMNS``,
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
+from typing import Literal, Sequence
 
 import cv2
 import numpy as np
@@ -20,6 +23,7 @@ from cxr.progress import progress_bar
 from cxr.data.decode import ResizePolicy, decode_bytes, decode_source, resize_square
 from cxr.data.dicom import DicomConfig
 from cxr.data.imageset import SOURCE_COLUMNS, ImageSet, make_manifest
+from cxr.data.shards import DEFAULT_SHARD_SIZE, ShardedImages, ShardWriter, scratch_folder
 from cxr.errors import DataError, list_problems
 from cxr.features.clahe import apply_clahe
 
@@ -40,6 +44,15 @@ class PreprocessConfig(BaseModel):
     num_workers: int = Field(0, ge=0, description="threads; 0 means one per core")
     skip_corrupt: bool = Field(False, description="leave out unreadable files instead of failing")
     dicom: DicomConfig = Field(default_factory=DicomConfig, description="VOI and multi-frame handling of DICOM files")
+    storage: Literal["auto", "memory", "shards"] = Field(
+        "auto", description="pixels in one in-memory array, or in memory-mapped shards on disk; auto: shards "
+                            "from shards_from images on")
+    shards_from: int = Field(20_000, ge=1, description="the set size at which auto storage switches to shards")
+    shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1, description="images per shard")
+
+    def use_shards(self, n: int) -> bool:
+        """Whether ``n`` images are stored as shards."""
+        return self.storage == "shards" or (self.storage == "auto" and n >= self.shards_from)
 
 
 def prepare_image(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
@@ -82,37 +95,73 @@ def _load_source(source: ImageSource, name: str, cfg: PreprocessConfig) -> tuple
         return f"{name} could not be decoded ({type(err).__name__})"
 
 
+class _ArrayOut:
+    """Prepared images into one in-memory array, row by row."""
+
+    def __init__(self, n: int, size: int) -> None:
+        self.images = np.empty((n, size, size), np.uint8)
+
+    def put(self, i: int, image: np.ndarray) -> None:
+        self.images[i] = image
+
+    def result(self, keep: np.ndarray) -> np.ndarray:
+        return self.images if len(keep) == len(self.images) else self.images[keep]
+
+
+class _ShardOut:
+    """Prepared images into shards in a scratch folder, in row order (failed rows left out)."""
+
+    def __init__(self, size: int, shard_size: int) -> None:
+        self.folder, self.token = scratch_folder()
+        self.writer = ShardWriter(self.folder, (size, size), shard_size)
+
+    def put(self, i: int, image: np.ndarray) -> None:
+        self.writer.append(image)
+
+    def result(self, keep: np.ndarray) -> ShardedImages:
+        self.writer.close()
+        return ShardedImages(self.folder, owner=self.token)
+
+
 def _prepare_all(work, n: int, cfg: PreprocessConfig, progress: bool):
-    """Run ``work(i)`` for every row in a thread pool (OpenCV single-threaded inside): the images,
-    their source stats and the (row, message) of each row that failed."""
+    """Run ``work(i)`` for every row in a thread pool (OpenCV single-threaded inside), a chunk of rows
+    at a time so that finished images never pile up: the images (an array, or shards when
+    ``cfg.use_shards(n)``) of the rows that decoded, their source stats and each failed (row, message)."""
     workers = cfg.num_workers or os.cpu_count() or 1
-    out = np.empty((n, cfg.image_size, cfg.image_size), np.uint8)
+    sink = _ShardOut(cfg.image_size, cfg.shard_size) if cfg.use_shards(n) else _ArrayOut(n, cfg.image_size)
     stats = np.zeros((n, len(SOURCE_COLUMNS)), np.float64)
     failed: list[tuple[int, str]] = []
+    chunk = max(cfg.shard_size, 2 * workers)
+    bar = progress_bar(total=n, desc="preprocess", disable=not progress)
     previous_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
         with ThreadPoolExecutor(workers) as pool:
-            results = pool.map(work, range(n))
-            for i, result in enumerate(progress_bar(results, total=n, desc="preprocess", disable=not progress)):
-                if isinstance(result, str):
-                    failed.append((i, result))
-                else:
-                    out[i], stats[i] = result
+            for start in range(0, n, chunk):
+                rows = range(start, min(start + chunk, n))
+                for i, result in zip(rows, pool.map(work, rows)):
+                    if isinstance(result, str):
+                        failed.append((i, result))
+                    else:
+                        sink.put(i, result[0])
+                        stats[i] = result[1]
+                    bar.update(1)
     finally:
+        bar.close()
         cv2.setNumThreads(previous_threads)
-    return out, stats, failed
+    keep = np.setdiff1d(np.arange(n), [i for i, _ in failed])
+    return sink.result(keep), stats, failed
 
 
 def preprocess_imageset(imageset: ImageSet, cfg: PreprocessConfig,
                         progress: bool = True) -> ImageSet:
-    """Decode (or take already decoded) images, resize and equalise them into one array.
+    """Decode (or take already decoded) images, resize and equalise them into one array (or shards).
 
     Unreadable files raise one DataError listing them all, unless ``cfg.skip_corrupt``:
     then they are dropped from the set and recorded in ``ImageSet.skipped``.
     """
     if imageset.images is not None:
-        sources = list(imageset.images)
+        sources = imageset.images
         work = lambda i: _prepared(sources[i], cfg)  # noqa: E731
     else:
         paths = imageset.manifest["path"].tolist()
@@ -126,18 +175,18 @@ def preprocess_imageset(imageset: ImageSet, cfg: PreprocessConfig,
         return imageset.with_images(out)
     keep = np.setdiff1d(np.arange(len(imageset)), [i for i, _ in failed])
     skipped = [{"path": imageset.manifest["path"].iloc[i], "reason": msg} for i, msg in failed]
-    return imageset.with_images(out[keep], keep=keep, skipped=skipped)
+    return imageset.with_images(out, keep=keep, skipped=skipped)
 
 
 def preprocess_sources(sources: Sequence[ImageSource], names: Sequence[str], ids: Sequence[str],
                        cfg: PreprocessConfig) -> tuple[ImageSet, dict[int, str]]:
     """Decode and prepare one path or encoded file's bytes per row, going on past bad rows (a
     request's): the unlabelled set of the rows that decoded, in order, and each failed row's error."""
-    out, stats, failed = _prepare_all(lambda i: _load_source(sources[i], names[i], cfg), len(sources), cfg,
-                                      progress=False)
+    out, stats, failed = _prepare_all(lambda i: _load_source(sources[i], names[i], cfg), len(sources),
+                                      cfg.model_copy(update={"storage": "memory"}), progress=False)
     errors = dict(failed)
     keep = np.array([i for i in range(len(sources)) if i not in errors], np.int64)
     kept_ids = [str(ids[i]) for i in keep]
     manifest = make_manifest(kept_ids, [names[i] for i in keep])
     imageset = ImageSet(manifest, (), np.zeros((len(keep), 0), np.float32), np.zeros((len(keep), 0), bool))
-    return imageset.with_source_stats(stats[keep]).with_images(out[keep]), errors
+    return imageset.with_source_stats(stats[keep]).with_images(out), errors

@@ -1,0 +1,242 @@
+"""Out-of-core pixel storage: fixed-size ``.npy`` shards, written as images arrive, read memory-mapped.
+
+A ``ShardedImages`` behaves like a read-only uint8 (N, H, W) array where steps need one (``len``,
+``shape``, integer/slice/index-array reads, iteration, ``np.asarray``) while holding only the
+shards' memory maps: the page cache, not the process, holds the pixels, and N processes share
+one copy. ``take`` makes a lazy row view (a split, a subset) without reading pixels. The
+``ShardWriter`` keeps one shard in memory and hashes every image as it is written, so the
+content hash never needs the whole set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import weakref
+from typing import IO, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+INDEX_FILE = "shards.json"
+SHARD_PATTERN = "shard-{:05d}.npy"
+DEFAULT_SHARD_SIZE = 1024
+SCRATCH_ENV = "CXR_SCRATCH_DIR"
+Opener = Callable[[str, str], IO]
+
+
+def pixel_digest(image: np.ndarray) -> str:
+    """blake2b of a decoded image's shape and pixels (32 hex characters)."""
+    return hashlib.blake2b(str(image.shape).encode() + np.ascontiguousarray(image).tobytes(),
+                           digest_size=16).hexdigest()
+
+
+class ShardWriter:
+    """Appends images to ``folder`` in shards of ``shard_size``; ``close`` writes the index.
+
+    ``open_file`` opens a path for writing (``open``, or an artifact store's ``fileio.open``).
+    """
+
+    def __init__(self, folder: str, image_shape: tuple[int, int], shard_size: int = DEFAULT_SHARD_SIZE,
+                 open_file: Opener = open) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+        self.folder, self.image_shape, self.shard_size, self.open_file = folder, tuple(image_shape), shard_size, open_file
+        self.buffer = np.empty((shard_size, *self.image_shape), np.uint8)
+        self.filled, self.files, self.digests = 0, [], []
+
+    def append(self, image: np.ndarray) -> None:
+        """Add one uint8 (H, W) image; a full buffer goes to disk as the next shard."""
+        if image.shape != self.image_shape or image.dtype != np.uint8:
+            raise ValueError(f"shard images must be uint8 {self.image_shape}, got {image.dtype} {image.shape}")
+        self.buffer[self.filled] = image
+        self.digests.append(pixel_digest(image))
+        self.filled += 1
+        if self.filled == self.shard_size:
+            self._flush()
+
+    def extend(self, images: Iterable[np.ndarray]) -> None:
+        for image in images:
+            self.append(image)
+
+    def _flush(self) -> None:
+        if not self.filled:
+            return
+        name = SHARD_PATTERN.format(len(self.files))
+        with self.open_file(os.path.join(self.folder, name), "wb") as f:
+            np.save(f, self.buffer[:self.filled], allow_pickle=False)
+        self.files.append(name)
+        self.filled = 0
+
+    def close(self) -> dict:
+        """Write the last shard and ``shards.json``; the index as a dict."""
+        self._flush()
+        index = {"image_shape": list(self.image_shape), "shard_size": self.shard_size, "count": len(self.digests),
+                 "files": self.files, "digests": self.digests}
+        with self.open_file(os.path.join(self.folder, INDEX_FILE), "w") as f:
+            json.dump(index, f)
+        return index
+
+
+class ShardedImages:
+    """A read-only uint8 (N, H, W) image array backed by memory-mapped shards in ``folder``.
+
+    Args:
+        folder: a local folder holding ``shards.json`` and the shards it lists.
+        rows: the rows of the stored set this view shows, in order (all when None).
+        owner: an object whose lifetime bounds the folder's (a scratch folder's cleanup).
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, folder: str, rows: np.ndarray | None = None, owner: object | None = None) -> None:
+        with open(os.path.join(folder, INDEX_FILE)) as f:
+            index = json.load(f)
+        self.folder, self.owner, self._index = folder, owner, index
+        self.shard_size, self.count = int(index["shard_size"]), int(index["count"])
+        self.image_shape = tuple(index["image_shape"])
+        self.rows = rows
+        self._maps: list[np.ndarray] = []
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self), *self.image_shape)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * int(np.prod(self.image_shape))
+
+    @property
+    def is_view(self) -> bool:
+        return self.rows is not None
+
+    def __len__(self) -> int:
+        return self.count if self.rows is None else len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"ShardedImages({self.folder!r}, shape={self.shape}, shards={len(self._index['files'])})"
+
+    def _shard(self, i: int) -> np.ndarray:
+        if not self._maps:
+            self._maps = [np.load(os.path.join(self.folder, name), mmap_mode="r", allow_pickle=False)
+                          for name in self._index["files"]]
+        return self._maps[i]
+
+    def _stored_rows(self, key) -> np.ndarray:
+        """The stored-set rows that ``key`` (int, slice or index array) selects, as int64."""
+        n = len(self)
+        if isinstance(key, slice):
+            local = np.arange(n)[key]
+        else:
+            local = np.asarray(key)
+            if local.dtype == bool:
+                if local.shape != (n,):
+                    raise IndexError(f"boolean index of shape {local.shape} for {n} images")
+                local = np.flatnonzero(local)
+            local = local.astype(np.int64, copy=False)
+            if local.size and (local.max() >= n or local.min() < -n):
+                raise IndexError(f"image index out of range for {n} images")
+            local = np.where(local < 0, local + n, local)
+        return local if self.rows is None else self.rows[local]
+
+    def _gather(self, stored: np.ndarray) -> np.ndarray:
+        out = np.empty((len(stored), *self.image_shape), np.uint8)
+        shard, offset = np.divmod(stored, self.shard_size)
+        for s in np.unique(shard):
+            hit = shard == s
+            out[hit] = self._shard(int(s))[offset[hit]]
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self._gather(self._stored_rows(np.array([key])))[0]
+        if isinstance(key, tuple):
+            rows, rest = key[0], key[1:]
+            return self[rows][rest if isinstance(rows, (int, np.integer)) else (slice(None), *rest)]
+        return self._gather(self._stored_rows(key))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for start in range(0, len(self), self.shard_size):
+            yield from self[start:start + self.shard_size]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def chunks(self, size: int | None = None) -> Iterator[np.ndarray]:
+        """The images in order, ``size`` (default: one shard) at a time."""
+        size = size or self.shard_size
+        for start in range(0, len(self), size):
+            yield self[start:start + size]
+
+    def take(self, index: Sequence[int] | np.ndarray) -> "ShardedImages":
+        """A lazy view of rows ``index``: reads no pixels."""
+        return ShardedImages(self.folder, self._stored_rows(np.asarray(index, np.int64)), self.owner)
+
+    def digests(self) -> list[str]:
+        """Per image, the pixel digest recorded when it was written."""
+        stored = self._index["digests"]
+        return list(stored) if self.rows is None else [stored[i] for i in self.rows]
+
+    def file_paths(self) -> list[str]:
+        return [os.path.join(self.folder, name) for name in self._index["files"]]
+
+
+def take_rows(images: np.ndarray | ShardedImages, index: np.ndarray) -> np.ndarray | ShardedImages:
+    """Rows ``index`` of an in-memory array (a copy) or of a sharded one (a lazy view)."""
+    return images.take(index) if isinstance(images, ShardedImages) else images[index]
+
+
+def scratch_folder(prefix: str = "cxr-shards-") -> tuple[str, object]:
+    """A new local folder for shards under ``$CXR_SCRATCH_DIR`` (else the system temp dir) and a
+    token that deletes it when the last object holding the token is garbage-collected."""
+    root = os.environ.get(SCRATCH_ENV) or None
+    if root:
+        os.makedirs(root, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=prefix, dir=root)
+    token = _Scratch(folder)
+    weakref.finalize(token, shutil.rmtree, folder, True)
+    return folder, token
+
+
+class _Scratch:
+    """Lifetime token of a scratch shard folder."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+
+def write_shards(images: np.ndarray | ShardedImages, folder: str, shard_size: int = DEFAULT_SHARD_SIZE,
+                 open_file: Opener = open) -> dict:
+    """Store ``images`` as shards in ``folder`` one shard at a time: a whole stored set is copied file
+    by file, a view or an in-memory array is re-sharded. Returns the index."""
+    if isinstance(images, ShardedImages) and not images.is_view:
+        for path in images.file_paths():
+            with open(path, "rb") as src, open_file(os.path.join(folder, os.path.basename(path)), "wb") as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
+        index = images._index
+        with open_file(os.path.join(folder, INDEX_FILE), "w") as f:
+            json.dump(index, f)
+        return index
+    size = images.shard_size if isinstance(images, ShardedImages) else shard_size
+    writer = ShardWriter(folder, tuple(images.shape[1:]), size, open_file)
+    chunks = images.chunks() if isinstance(images, ShardedImages) else \
+        (images[i:i + size] for i in range(0, len(images), size))
+    for chunk in chunks:
+        writer.extend(chunk)
+    return writer.close()
+
+
+def localise_shards(folder: str, open_file: Opener) -> tuple[str, object]:
+    """Copy a remote shard folder (read through ``open_file``) into a local scratch folder, one file at a
+    time, so that it can be memory-mapped; the folder and its lifetime token."""
+    local, token = scratch_folder("cxr-shards-remote-")
+    with open_file(os.path.join(folder, INDEX_FILE), "r") as f:
+        index = json.load(f)
+    for name in index["files"] + [INDEX_FILE]:
+        with open_file(os.path.join(folder, name), "rb") as src, open(os.path.join(local, name), "wb") as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+    return local, token
