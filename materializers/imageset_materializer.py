@@ -28,7 +28,8 @@ class ImageSetMaterializer(BaseMaterializer):
         return load_imageset(self.uri, fileio.open, fileio.exists)
 
     def save(self, data: ImageSet) -> None:
-        save_imageset(data, self.uri, fileio.open)
+        # a local artifact store gets plain files, so that shards can be hard-linked out of scratch
+        save_imageset(data, self.uri, open if os.path.isdir(self.uri) else fileio.open)
 
     def save_visualizations(self, data: ImageSet) -> Dict[str, VisualizationType]:
         if data.images is None or len(data) == 0:

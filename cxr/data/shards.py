@@ -212,11 +212,11 @@ class _Scratch:
 def write_shards(images: np.ndarray | ShardedImages, folder: str, shard_size: int = DEFAULT_SHARD_SIZE,
                  open_file: Opener = open) -> dict:
     """Store ``images`` as shards in ``folder`` one shard at a time: a whole stored set is copied file
-    by file, a view or an in-memory array is re-sharded. Returns the index."""
+    by file (hard-linked when ``open_file`` is ``open`` and both lie on one file system), a view or an
+    in-memory array is re-sharded. Returns the index."""
     if isinstance(images, ShardedImages) and not images.is_view:
         for path in images.file_paths():
-            with open(path, "rb") as src, open_file(os.path.join(folder, os.path.basename(path)), "wb") as dst:
-                shutil.copyfileobj(src, dst, 16 << 20)
+            copy_file(path, os.path.join(folder, os.path.basename(path)), open_file)
         index = images._index
         with open_file(os.path.join(folder, INDEX_FILE), "w") as f:
             json.dump(index, f)
@@ -228,6 +228,19 @@ def write_shards(images: np.ndarray | ShardedImages, folder: str, shard_size: in
     for chunk in chunks:
         writer.extend(chunk)
     return writer.close()
+
+
+def copy_file(src: str, dst: str, open_file: Opener = open) -> None:
+    """``src`` to ``dst``: a hard link where ``open_file`` is the local ``open`` and the file system
+    allows it (shards are never written after they are closed), else a streamed copy."""
+    if open_file is open:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    with open(src, "rb") as source, open_file(dst, "wb") as target:
+        shutil.copyfileobj(source, target, 16 << 20)
 
 
 def localise_shards(folder: str, open_file: Opener) -> tuple[str, object]:
