@@ -114,17 +114,23 @@ def csv_source(cfg: IngestConfig) -> ImageSet:
                           cfg.path_column, cfg.patient_column, cfg.image_suffix, cfg.encoding)
 
 
+def table_filter(cfg: IngestConfig) -> TableFilter:
+    """``cfg.filter`` with its image list's path resolved."""
+    listed = cfg.filter.image_list
+    return cfg.filter.model_copy(update={"image_list": str(resolve_path(listed))}) if listed else cfg.filter
+
+
 @register_source("nih")
 def nih_source(cfg: IngestConfig) -> ImageSet:
     """A ChestX-ray14 ``Data_Entry`` table plus its image folder."""
-    return read_nih_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), cfg.filter,
+    return read_nih_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), table_filter(cfg),
                           resolve_path(cfg.metadata) if cfg.metadata else None)
 
 
 @register_source("chexpert")
 def chexpert_source(cfg: IngestConfig) -> ImageSet:
     """CheXpert ``train.csv`` plus the folder its ``Path`` column is relative to."""
-    return read_chexpert_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), cfg.policy, cfg.filter)
+    return read_chexpert_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), cfg.policy, table_filter(cfg))
 
 
 @register_source("medmnist")

@@ -93,6 +93,8 @@ class TableFilter(BaseModel):
     frontal_only: bool = Field(False, description="CheXpert: drop lateral views (NIH is all frontal)")
     view_positions: list[str] | None = Field(None, description="keep only these views, e.g. [PA] or [AP, PA]")
     one_per_patient: bool = Field(False, description="keep each patient's first row in table order")
+    image_list: str | None = Field(None, description="a text file of image ids, one per line, to keep (e.g. NIH's "
+                                   "official train_val_list.txt or test_list.txt)")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -113,10 +115,25 @@ def require_columns(table: pd.DataFrame, columns: Sequence[str], source: str) ->
         raise DataError(f"{source} lacks columns {missing}; it has {list(table.columns)}")
 
 
+def listed_rows(ids: pd.Series, list_path: Path) -> np.ndarray:
+    """Whether each of ``ids`` is a line of ``list_path``; a listed id missing from ``ids`` is an error
+    naming the file and line."""
+    if not list_path.is_file():
+        raise DataError(f"image list {list_path} does not exist")
+    wanted = {name: i for i, name in enumerate(line.strip() for line in list_path.read_text().splitlines()) if name}
+    missing = sorted(set(wanted) - set(ids))
+    if missing:
+        raise DataError(f"{len(missing)} image(s) of the image list are not in the label table:" + list_problems(
+            [f"{list_path} line {wanted[name] + 1}: {name!r}" for name in missing]))
+    return ids.isin(wanted).to_numpy()
+
+
 def filter_rows(table: pd.DataFrame, filt: TableFilter, patient: pd.Series, view: pd.Series | None,
-                frontal: pd.Series | None) -> np.ndarray:
-    """Row indices kept by the filter, in table order."""
+                frontal: pd.Series | None, ids: pd.Series | None = None) -> np.ndarray:
+    """Row indices kept by the filter, in table order (``ids``: what ``filt.image_list`` names)."""
     keep = np.ones(len(table), bool)
+    if filt.image_list is not None:
+        keep &= listed_rows(ids, Path(filt.image_list))
     if filt.frontal_only and frontal is not None:
         keep &= frontal.to_numpy()
     if filt.view_positions is not None:
@@ -185,7 +202,7 @@ def read_nih_table(csv_path: str | Path, image_dir: str | Path | None, filt: Tab
     if metadata is not None:
         table = joined_metadata(table, metadata, str(csv_path))
     view = table["View Position"] if "View Position" in table.columns else None
-    rows = filter_rows(table, filt, table["Patient ID"], view, None)
+    rows = filter_rows(table, filt, table["Patient ID"], view, None, table["Image Index"])
     table = table.iloc[rows].reset_index(drop=True)
     labels = nih_labels(table["Finding Labels"].str.strip(), str(csv_path))
     return _imageset(table["Image Index"].tolist(), table["Image Index"].tolist(), table["Patient ID"].tolist(),
@@ -221,7 +238,7 @@ def read_chexpert_table(csv_path: str | Path, image_root: str | Path | None, pol
     if patient.isna().any():
         line = int(np.flatnonzero(patient.isna().to_numpy())[0]) + 2
         raise DataError(f"{csv_path} line {line}: no patientNNNNN in Path {table['Path'].iloc[line - 2]!r}")
-    rows = filter_rows(table, filt, patient, table["AP/PA"], table["Frontal/Lateral"] == "Frontal")
+    rows = filter_rows(table, filt, patient, table["AP/PA"], table["Frontal/Lateral"] == "Frontal", table["Path"])
     table, patient = table.iloc[rows].reset_index(drop=True), patient.iloc[rows].tolist()
     labels, mask = chexpert_labels(table, policy, str(csv_path))
     return _imageset(table["Path"].tolist(), table["Path"].tolist(), patient, image_root, CHEXPERT_OBSERVATIONS,

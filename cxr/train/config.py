@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cxr.train.augment import AugmentConfig
 from cxr.train.averaging import AveragingName
 from cxr.train.losses import LossName
 from cxr.train.optim import OptimizerName, ScheduleName
+
+
+class ClusterConfig(BaseModel):
+    """Where a multi-node fine-tune runs (``parameters.train.cluster``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(None, description="the CUDA image with this project installed; None: the image "
+                                                "the finetune step itself runs in (the run's container build)")
+    namespace: str = "cxr"
+    volume_claim: str = Field("cxr-data", description="ReadWriteMany claim mounted in the step pod and every node")
+    mount_path: str = Field("/data", description="where the claim is mounted")
+    shared_dir: str = Field("/data/scratch", description="job folders go here; must lie under mount_path")
+    gpus_per_node: int | None = Field(None, ge=0, description="GPUs per node; None: train.processes")
+    cpu: str = "16"
+    memory: str = "64Gi"
+    shm_size: str = Field("16Gi", description="/dev/shm per node (NCCL and loaders; the default 64 MB is too small)")
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    tolerations: list[dict] = Field(default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                             "effect": "NoSchedule"}])
+    environment: dict[str, str] = Field(default_factory=lambda: {"CXR_DATA_DIR": "/data"})
+    gang_scheduler: str | None = Field(None, description="e.g. volcano: start all nodes or none")
+    poll_seconds: float = Field(15.0, gt=0)
+    timeout_hours: float = Field(48.0, gt=0)
+    ttl_seconds: int = Field(3600, ge=0, description="finished job kept this long for its logs")
 
 
 class TrainConfig(BaseModel):
@@ -55,6 +82,9 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
     processes: int = Field(1, ge=1, description="data-parallel processes (one per GPU) under torchrun and "
                            "Accelerate; batch_size is per process; 1 trains in this process")
+    nodes: int = Field(1, ge=1, description="data-parallel nodes (pods of train.processes GPUs each) as one "
+                       "Kubeflow PyTorchJob; more than 1 needs train.cluster")
+    cluster: ClusterConfig | None = Field(None, description="the cluster a multi-node fine-tune runs on")
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
     seed: int = 0
 
@@ -65,7 +95,12 @@ class TrainConfig(BaseModel):
         if self.averaging == "swa" and self.early_stopping_patience:
             raise ValueError("train.averaging 'swa' averages the last swa_epochs epochs; early stopping "
                              "would end the run before them: unset train.early_stopping_patience")
-        if self.processes > 1 and ":" in self.device:
+        if self.nodes > 1 and self.cluster is None:
+            raise ValueError(f"train.nodes={self.nodes} runs as a PyTorchJob: set train.cluster (image, volume_claim, ...)")
+        if self.cluster is not None and not Path(self.cluster.shared_dir).is_relative_to(self.cluster.mount_path):
+            raise ValueError(f"train.cluster.shared_dir {self.cluster.shared_dir!r} must lie under its mount_path "
+                             f"{self.cluster.mount_path!r}: every node reads the job folder there")
+        if (self.processes > 1 or self.nodes > 1) and ":" in self.device:
             raise ValueError(f"train.processes={self.processes} places one process per GPU itself; "
                              f"device must be auto, cuda or cpu, not {self.device!r}")
         return self

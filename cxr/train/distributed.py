@@ -1,7 +1,8 @@
-"""Data-parallel fine-tuning: ``fit`` in ``train.processes`` processes (one per GPU).
+"""Data-parallel fine-tuning: ``fit`` in ``train.processes`` processes (one per GPU) per node.
 
 ``fit_data_parallel`` writes the train/val sets and configs to a scratch folder, starts the
-processes with torchrun and reads back the rank-0 result. Each process runs this module:
+processes with torchrun and reads back the rank-0 result (``cxr.train.cluster`` does the same
+over ``train.nodes`` nodes through a Kubeflow PyTorchJob). Each process runs this module:
 Accelerate sets up the process group (NCCL on GPUs, Gloo on CPU), the device and the DDP
 wrapper, and ``fit`` does the rest. Images are memory-mapped, so N processes share one copy
 in the page cache. ``train.processes == 1`` never comes here: ``fit`` runs in-process.
@@ -31,10 +32,43 @@ from cxr.train.resume import ResumeStore
 CONFIG, BACKBONE, RESULT, HISTORY = "config.json", "backbone", "checkpoint", "history.parquet"
 
 
+def worker_command(folder: Path | str) -> list[str]:
+    """The command each node runs: torchrun taking its rendezvous (nodes, node rank, master address,
+    processes per node) from the ``PET_*`` variables that the launcher sets, running this module."""
+    return ["python", "-m", "torch.distributed.run", "-m", __name__, str(folder)]
+
+
 def launch_command(processes: int, folder: Path) -> list[str]:
     """torchrun on this host: ``processes`` workers running this module on ``folder``."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
             "-m", __name__, str(folder)]
+
+
+def write_job(folder: Path, train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
+              preprocess: dict | None, progress: bool, backbone_init: BackboneCheckpoint | None,
+              proxy: ImageSet | None, resume: ResumeStore | None) -> None:
+    """Everything the workers read, in ``folder``: the sets (shards stay shards), configs, SSL backbone."""
+    for name, part in (("train", train), ("val", val), ("proxy", proxy)):
+        if part is None:
+            continue
+        (folder / name).mkdir()
+        save_imageset(part, str(folder / name))
+    (folder / CONFIG).write_text(json.dumps({"model": model_cfg.model_dump(mode="json"),
+                                             "train": cfg.model_dump(mode="json"),
+                                             "preprocess": preprocess, "progress": progress,
+                                             "resume": None if resume is None else
+                                             [str(resume.folder), resume.fingerprint]}))
+    if backbone_init is not None:
+        save_checkpoint(backbone_init, folder / BACKBONE)
+
+
+def read_result(folder: Path, on_epoch: Callable[[dict], None] | None) -> FitResult:
+    """The rank-0 result the workers left in ``folder``, its history rows replayed to ``on_epoch``."""
+    result = FitResult(load_checkpoint(folder / RESULT, Checkpoint), pd.read_parquet(folder / HISTORY))
+    if on_epoch is not None:
+        for row in result.history.to_dict("records"):
+            on_epoch(row)
+    return result
 
 
 def fit_data_parallel(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig,
@@ -42,7 +76,7 @@ def fit_data_parallel(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cf
                       on_epoch: Callable[[dict], None] | None = None,
                       backbone_init: BackboneCheckpoint | None = None, proxy: ImageSet | None = None,
                       resume: ResumeStore | None = None) -> FitResult:
-    """``fit`` in ``cfg.processes`` processes; same arguments and result.
+    """``fit`` in ``cfg.processes`` processes on this host; same arguments and result.
 
     The workers have no tracker, so ``on_epoch`` receives the history rows after training.
     A worker failure raises with its exit code; its traceback is on stderr above. With
@@ -52,18 +86,7 @@ def fit_data_parallel(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cf
     check_fit_inputs(train, val, proxy, cfg)
     with tempfile.TemporaryDirectory(prefix="cxr-ddp-") as scratch:
         folder = Path(scratch)
-        for name, part in (("train", train), ("val", val), ("proxy", proxy)):
-            if part is None:
-                continue
-            (folder / name).mkdir()
-            save_imageset(part, str(folder / name))
-        (folder / CONFIG).write_text(json.dumps({"model": model_cfg.model_dump(mode="json"),
-                                                 "train": cfg.model_dump(mode="json"),
-                                                 "preprocess": preprocess, "progress": progress,
-                                                 "resume": None if resume is None else
-                                                 [str(resume.folder), resume.fingerprint]}))
-        if backbone_init is not None:
-            save_checkpoint(backbone_init, folder / BACKBONE)
+        write_job(folder, train, val, model_cfg, cfg, preprocess, progress, backbone_init, proxy, resume)
         if resume is not None:
             resume.pull()
         try:
@@ -74,11 +97,7 @@ def fit_data_parallel(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cf
         if done.returncode != 0:
             raise RuntimeError(f"data-parallel fine-tune with {cfg.processes} processes failed "
                                f"(torchrun exit {done.returncode}); the worker traceback is above")
-        result = FitResult(load_checkpoint(folder / RESULT, Checkpoint), pd.read_parquet(folder / HISTORY))
-    if on_epoch is not None:
-        for row in result.history.to_dict("records"):
-            on_epoch(row)
-    return result
+        return read_result(folder, on_epoch)
 
 
 def worker(folder: Path) -> None:

@@ -1,6 +1,7 @@
 """configs/schedule.yaml compiles for a Kubernetes stack without a cluster: the cron schedule,
 GPU resources, node selector, tolerations, shared-memory volume and CUDA image settings land
-on the right steps. The CUDA Dockerfile passes hadolint."""
+on the right steps. configs/nih_full.yaml compiles too, its finetune step to a 2 x 4 GPU
+PyTorchJob. The CUDA Dockerfile passes hadolint."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def compile_config(config: Path):
 
 
 @pytest.fixture(scope="module")
-def snapshot():
+def cluster_stack():
+    """A Kubernetes stack (no cluster behind it) active for the module's tests."""
     from zenml.client import Client
     from zenml.enums import StackComponentType
     from zenml.utils import source_utils
@@ -49,10 +51,13 @@ def snapshot():
     previous = client.active_stack_model.name
     client.create_stack(name="cxr_cluster_test", components={k: [v[0]] for k, v in components.items()})
     client.activate_stack("cxr_cluster_test")
-    try:
-        return compile_config(REPO_ROOT / "configs" / "schedule.yaml")
-    finally:
-        client.activate_stack(previous)
+    yield
+    client.activate_stack(previous)
+
+
+@pytest.fixture(scope="module")
+def snapshot(cluster_stack):
+    return compile_config(REPO_ROOT / "configs" / "schedule.yaml")
 
 
 def as_dict(value) -> dict:
@@ -125,3 +130,24 @@ def test_cuda_dockerfile_passes_hadolint():
                              str(REPO_ROOT / "docker" / "Dockerfile.cuda")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
+
+
+def test_the_full_nih_schedule_compiles_to_a_2x4_gpu_pytorchjob(cluster_stack):
+    from cxr.train.cluster import pytorch_job
+    from cxr.train.config import TrainConfig
+
+    snapshot, schedule = compile_config(REPO_ROOT / "configs" / "nih_full.yaml")
+    assert schedule.cron_expression == "0 2 * * 6"
+    finetune = snapshot.step_configurations["finetune"].config
+    train = TrainConfig.model_validate(finetune.parameters["train"])
+    cluster = train.cluster.model_copy(update={"image": "registry.example.org/cxr:finetune"})
+    job = pytorch_job("cxr-finetune-0", "/data/scratch/cxr-finetune-0", train.nodes, train.processes, cluster)
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert job["spec"]["nprocPerNode"] == "4" and {k: v["replicas"] for k, v in replicas.items()} == {"Master": 1,
+                                                                                                        "Worker": 1}
+    pod = replicas["Worker"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "32", "memory": "128Gi", "nvidia.com/gpu": 4}
+    assert {v["name"]: v for v in pod["volumes"]}["dshm"]["emptyDir"]["sizeLimit"] == "32Gi"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # the finetune pod itself only waits: it asks for no GPU
+    assert not as_dict(finetune.settings["resources"]).get("gpu_count")

@@ -1,0 +1,130 @@
+"""Multi-node data-parallel fine-tuning: ``train.nodes`` pods x ``train.processes`` GPUs as one
+Kubeflow ``PyTorchJob`` (kubeflow.org/v1, static rendezvous: one Master, ``nodes - 1`` Workers).
+
+The finetune step writes the job folder (sets, configs) to a volume that it and the job's pods
+mount (``cluster.shared_dir``, a ReadWriteMany claim), creates the PyTorchJob and waits for it.
+The Training Operator starts the pods and sets torchrun's rendezvous (``PET_NNODES``,
+``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``, ``PET_NPROC_PER_NODE``), so each
+pod runs the same flagless ``torchrun`` (``cxr.train.distributed.worker_command``); rank 0
+writes the result into the folder, which the step reads back. No rendezvous code of our own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from cxr.data.imageset import ImageSet
+from cxr.models.checkpoint import BackboneCheckpoint
+from cxr.models.classifier import ModelConfig
+from cxr.train.config import ClusterConfig, TrainConfig
+from cxr.train.distributed import read_result, worker_command, write_job
+from cxr.train.loop import FitResult, check_fit_inputs
+
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+CONTAINER = "pytorch"  # the container name the Training Operator requires
+
+
+def job_name() -> str:
+    """A DNS-1035 name for a new job."""
+    return f"cxr-finetune-{uuid.uuid4().hex[:10]}"
+
+
+def pod_template(folder: str, processes: int, cluster: ClusterConfig) -> dict:
+    """One node's pod: the worker command, its GPUs, the shared volume and a RAM-backed /dev/shm."""
+    gpus = processes if cluster.gpus_per_node is None else cluster.gpus_per_node
+    limits = {"cpu": cluster.cpu, "memory": cluster.memory} | ({"nvidia.com/gpu": gpus} if gpus else {})
+    container = {
+        "name": CONTAINER, "image": cluster.image, "command": worker_command(folder),
+        "env": [{"name": k, "value": v} for k, v in cluster.environment.items()],
+        "resources": {"requests": dict(limits), "limits": limits},
+        "volumeMounts": [{"name": "cxr-data", "mountPath": cluster.mount_path},
+                         {"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+    return {"spec": {
+        "containers": [container], "nodeSelector": dict(cluster.node_selector),
+        "tolerations": list(cluster.tolerations),
+        "volumes": [{"name": "cxr-data", "persistentVolumeClaim": {"claimName": cluster.volume_claim}},
+                    {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cluster.shm_size}}],
+    }}
+
+
+def pytorch_job(name: str, folder: str, nodes: int, processes: int, cluster: ClusterConfig) -> dict:
+    """The PyTorchJob of ``nodes`` x ``processes``: a Master and ``nodes - 1`` Workers of one template,
+    never restarted in place (a failure fails the job and the step's retry policy decides)."""
+    if not cluster.image:
+        raise ValueError("train.cluster.image is unset and no container build supplied one: name the CUDA image "
+                         "that has this project installed")
+    template = pod_template(folder, processes, cluster)
+    replicas = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
+    if nodes > 1:
+        replicas["Worker"] = {"replicas": nodes - 1, "restartPolicy": "Never", "template": template}
+    run_policy = {"cleanPodPolicy": "Running", "backoffLimit": 0, "ttlSecondsAfterFinished": cluster.ttl_seconds,
+                  "activeDeadlineSeconds": int(cluster.timeout_hours * 3600)}
+    if cluster.gang_scheduler:
+        run_policy["schedulingPolicy"] = {"minAvailable": nodes}
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PyTorchJob",
+            "metadata": {"name": name, "namespace": cluster.namespace, "labels": {"app": "cxr-finetune"}},
+            "spec": {"nprocPerNode": str(processes), "runPolicy": run_policy, "pytorchReplicaSpecs": replicas}}
+
+
+def job_state(job: dict) -> str | None:
+    """``Succeeded`` or ``Failed`` once the job has ended (its condition's message appended), else None."""
+    for condition in job.get("status", {}).get("conditions", []):
+        if condition.get("type") in ("Succeeded", "Failed") and condition.get("status") == "True":
+            return condition["type"] + (f": {condition['message']}" if condition.get("message") else "")
+    return None
+
+
+def run_job(api, job: dict, poll_seconds: float, timeout_seconds: float,
+            sleep: Callable[[float], None] = time.sleep) -> str:
+    """Create ``job`` through ``api`` (a kubernetes ``CustomObjectsApi``), wait until it ends, return its
+    final state; raise if it failed or ran past ``timeout_seconds`` (then it is deleted)."""
+    namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
+    waited = 0.0
+    while (state := job_state(api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))) is None:
+        if waited >= timeout_seconds:
+            api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            raise TimeoutError(f"PyTorchJob {namespace}/{name} did not end within {timeout_seconds:.0f} s; deleted it")
+        sleep(poll_seconds)
+        waited += poll_seconds
+    if state.startswith("Failed"):
+        raise RuntimeError(f"PyTorchJob {namespace}/{name} failed ({state}); "
+                           f"its pods' logs: kubectl logs -n {namespace} -l training.kubeflow.org/job-name={name}")
+    return state
+
+
+def custom_objects_api():
+    """A ``CustomObjectsApi`` from the pod's service account, else the local kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.CustomObjectsApi()
+
+
+def fit_multi_node(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: TrainConfig, preprocess: dict | None = None,
+                   progress: bool = True, on_epoch: Callable[[dict], None] | None = None,
+                   backbone_init: BackboneCheckpoint | None = None, proxy: ImageSet | None = None,
+                   resume=None, api=None) -> FitResult:
+    """``fit`` over ``cfg.nodes`` x ``cfg.processes`` GPUs as a PyTorchJob; same arguments and result.
+
+    ``resume`` is not kept across nodes yet: a failed job re-runs from its first epoch.
+    """
+    check_fit_inputs(train, val, proxy, cfg)
+    cluster, name = cfg.cluster, job_name()
+    folder = Path(cluster.shared_dir) / name
+    folder.mkdir(parents=True)
+    try:
+        write_job(folder, train, val, model_cfg, cfg, preprocess, progress, backbone_init, proxy, None)
+        job = pytorch_job(name, str(folder), cfg.nodes, cfg.processes, cluster)
+        run_job(api or custom_objects_api(), job, cluster.poll_seconds, cluster.timeout_hours * 3600)
+        return read_result(folder, on_epoch)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
