@@ -3,7 +3,7 @@
 A manifest DataFrame (one row per image: id, source path, patient id, split) plus a label
 matrix, a label mask (False where the label is unknown) and, once preprocessed, a uint8
 array of decoded, resized grayscale images that later steps read instead of image files: in
-memory for small sets, or memory-mapped shards (``cxr.data.shards``) for sets that do not fit.
+memory for small sets, or on-disk shards (``cxr.data.shards``) for sets that do not fit.
 ``save_imageset``/``load_imageset`` are its one storage format (the ZenML materializer and
 the data-parallel launcher both use it).
 """
@@ -24,6 +24,7 @@ from cxr.data.shards import INDEX_FILE, ShardedImages, localise_shards, pixel_di
 MANIFEST_COLUMNS = ("id", "path", "patient_id", "split")
 SOURCE_COLUMNS = ("source_height", "source_width", "source_std", "source_clipped", "source_colour")
 HEADER_COLUMNS = ("view", "modality", "sex", "age_band", "manufacturer")
+DATASET_COLUMN = "dataset"  # the dataset an image came from, when several are merged
 AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 120, "80+"))
 LABEL_PREFIX = "label:"
 MASK_PREFIX = "known:"
@@ -38,7 +39,8 @@ class ImageSet:
     Args:
         manifest: one row per image with the columns in ``MANIFEST_COLUMNS``, plus
             ``SOURCE_COLUMNS`` (the decoded source's size, contrast, clipping, colour) once
-            preprocessed, and ``HEADER_COLUMNS`` (whitelisted DICOM tags) for DICOM sources.
+            preprocessed, ``HEADER_COLUMNS`` (whitelisted DICOM tags) for DICOM sources and
+            ``dataset`` for merged datasets.
         label_names: names of the label columns, in model output order (may be empty).
         labels: float32 (N, L) with 0/1 where known (0 where unknown).
         mask: bool (N, L), True where the label is known.
@@ -160,7 +162,8 @@ class ImageSet:
             if names else np.zeros((len(frame), 0), np.float32)
         mask = np.stack([frame[MASK_PREFIX + n].to_numpy(bool) for n in names], 1) \
             if names else np.zeros((len(frame), 0), bool)
-        columns = list(MANIFEST_COLUMNS) + [c for c in SOURCE_COLUMNS + HEADER_COLUMNS if c in frame.columns]
+        columns = list(MANIFEST_COLUMNS) + [c for c in SOURCE_COLUMNS + HEADER_COLUMNS + (DATASET_COLUMN,)
+                                            if c in frame.columns]
         return cls(frame[columns].reset_index(drop=True), names,
                    labels.reshape(len(frame), len(names)), mask.reshape(len(frame), len(names)),
                    images, tuple(skipped))
@@ -216,7 +219,7 @@ def load_imageset(folder: str, open_file: Opener = open, exists: Callable[[str],
                   mmap: bool = False) -> ImageSet:
     """The ImageSet ``save_imageset`` wrote; ``mmap`` maps ``images.npy`` read-only instead of
     reading it (a local folder only: processes then share one copy in the page cache). Shards are
-    always memory-mapped: in place in a local folder, else after copying them to local scratch."""
+    always read in place: from a local folder, else from a copy in local scratch."""
     with open_file(os.path.join(folder, META_FILE), "r") as f:
         meta = json.load(f)
     with open_file(os.path.join(folder, MANIFEST_FILE), "rb") as f:

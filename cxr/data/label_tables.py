@@ -14,7 +14,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxr.data.imageset import ImageSet, make_manifest, years_band
 from cxr.data.sources import check_cells, check_files, read_csv_strings, with_header_columns
@@ -30,6 +30,7 @@ CHEXPERT_OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomega
 CHEXPERT_PATIENT = re.compile(r"(patient\d+)")
 NIH_DEMOGRAPHICS = {"sex": "Patient Gender", "age_band": "Patient Age", "view": "View Position"}
 CHEXPERT_DEMOGRAPHICS = {"sex": "Sex", "age_band": "Age", "view": "AP/PA"}
+MIMIC_DEMOGRAPHICS = {"sex": "gender", "age_band": "anchor_age", "view": "ViewPosition"}  # sex, age: MIMIC-IV columns when joined
 SEX_CODES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
 UNCERTAIN_POLICIES = Registry("uncertain-label policy")
 BLANK_POLICIES = Registry("blank-label policy")
@@ -76,13 +77,28 @@ class LabelPolicy(BaseModel):
     """How uncertain (-1) and blank CheXpert cells become labels (``parameters.data.policy``).
 
     ``uncertain``: ``zeros`` (U-Zeros), ``ones`` (U-Ones) or ``ignore`` (U-Ignore, masked out).
+    ``per_finding``: another uncertain policy for named observations, as the CheXpert paper
+    chose per finding (U-Ones for Atelectasis and Edema, U-Zeros for Cardiomegaly, ...).
     ``blank``: ``negative`` (0, known) or ``unknown`` (masked out).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     uncertain: UNCERTAIN_POLICIES.choice() = "zeros"
+    per_finding: dict[str, UNCERTAIN_POLICIES.choice()] = Field(default_factory=dict)
     blank: BLANK_POLICIES.choice() = "negative"
+
+    @field_validator("per_finding")
+    @classmethod
+    def _known_findings(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = [name for name in value if name not in CHEXPERT_OBSERVATIONS]
+        if unknown:
+            raise ValueError(f"policy.per_finding names {unknown}, not CheXpert observations: {list(CHEXPERT_OBSERVATIONS)}")
+        return value
+
+    def uncertain_rule(self, finding: str) -> CellRule:
+        """The rule for an uncertain (-1) cell of ``finding``."""
+        return UNCERTAIN_POLICIES.create(self.per_finding.get(finding, self.uncertain))
 
 
 class TableFilter(BaseModel):
@@ -95,6 +111,8 @@ class TableFilter(BaseModel):
     one_per_patient: bool = Field(False, description="keep each patient's first row in table order")
     image_list: str | None = Field(None, description="a text file of image ids, one per line, to keep (e.g. NIH's "
                                    "official train_val_list.txt or test_list.txt)")
+    splits: list[str] | None = Field(None, description="mimic_cxr_jpg: keep these splits of the official split "
+                                     "table, e.g. [train, validate] or [test]")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -129,11 +147,16 @@ def listed_rows(ids: pd.Series, list_path: Path) -> np.ndarray:
 
 
 def filter_rows(table: pd.DataFrame, filt: TableFilter, patient: pd.Series, view: pd.Series | None,
-                frontal: pd.Series | None, ids: pd.Series | None = None) -> np.ndarray:
+                frontal: pd.Series | None, ids: pd.Series | None = None,
+                official_split: pd.Series | None = None) -> np.ndarray:
     """Row indices kept by the filter, in table order (``ids``: what ``filt.image_list`` names)."""
     keep = np.ones(len(table), bool)
     if filt.image_list is not None:
         keep &= listed_rows(ids, Path(filt.image_list))
+    if filt.splits is not None:
+        if official_split is None:
+            raise DataError("filter.splits asked for but this source has no official split table")
+        keep &= official_split.isin(filt.splits).to_numpy()
     if filt.frontal_only and frontal is not None:
         keep &= frontal.to_numpy()
     if filt.view_positions is not None:
@@ -221,9 +244,11 @@ def chexpert_labels(table: pd.DataFrame, policy: LabelPolicy, source: str) -> tu
     blank = (cells == "").to_numpy()
     values = cells.replace("", "0").astype(float).to_numpy()
     uncertain = values == -1
-    u_rule, blank_rule = UNCERTAIN_POLICIES.create(policy.uncertain), BLANK_POLICIES.create(policy.blank)
-    labels = np.where(uncertain, u_rule.value, np.where(blank, blank_rule.value, values))
-    mask = ~((uncertain & (not u_rule.known)) | (blank & (not blank_rule.known)))
+    rules = [policy.uncertain_rule(name) for name in CHEXPERT_OBSERVATIONS]
+    u_value, u_known = np.array([r.value for r in rules]), np.array([r.known for r in rules])
+    blank_rule = BLANK_POLICIES.create(policy.blank)
+    labels = np.where(uncertain, u_value[None, :], np.where(blank, blank_rule.value, values))
+    mask = ~((uncertain & ~u_known[None, :]) | (blank & (not blank_rule.known)))
     return labels.astype(np.float32), mask
 
 
@@ -243,6 +268,46 @@ def read_chexpert_table(csv_path: str | Path, image_root: str | Path | None, pol
     labels, mask = chexpert_labels(table, policy, str(csv_path))
     return _imageset(table["Path"].tolist(), table["Path"].tolist(), patient, image_root, CHEXPERT_OBSERVATIONS,
                      labels, mask, demographics(table, CHEXPERT_DEMOGRAPHICS))
+
+
+def mimic_path(subject: str, study: str, dicom: str) -> str:
+    """Where MIMIC-CXR-JPG keeps an image: ``files/p10/p10000032/s50414267/<dicom_id>.jpg``."""
+    return f"files/p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg"
+
+
+def read_mimic_table(labels_path: str | Path, metadata_path: str | Path, image_root: str | Path | None,
+                     split_path: str | Path | None = None, policy: LabelPolicy = LabelPolicy(),
+                     filt: TableFilter = TableFilter()) -> ImageSet:
+    """MIMIC-CXR-JPG: the CheXpert-labeller table (one row per study: ``subject_id``, ``study_id`` and
+    the 14 observations) joined to the metadata table (one row per image: ``dicom_id``, ``subject_id``,
+    ``study_id``, ``ViewPosition``) on subject and study, so each image gets its study's labels;
+    ``split_path`` (the official split CSV, joined on ``dicom_id``) lets ``filt.splits`` keep its
+    ``train``/``validate``/``test`` rows. The patient is ``subject_id``; a study without labels is an error."""
+    labels = read_table(labels_path)
+    require_columns(labels, ["subject_id", "study_id", *CHEXPERT_OBSERVATIONS], str(labels_path))
+    metadata = read_table(metadata_path)
+    require_columns(metadata, ["dicom_id", "subject_id", "study_id", "ViewPosition"], str(metadata_path))
+    check_cells(metadata, ["dicom_id", "subject_id", "study_id"], str(metadata_path))
+    table = metadata.merge(labels.drop_duplicates(["subject_id", "study_id"]), on=["subject_id", "study_id"],
+                           how="left", indicator=True)
+    unlabelled = np.flatnonzero((table["_merge"] == "left_only").to_numpy())
+    if len(unlabelled):
+        raise DataError(f"{len(unlabelled)} image(s) of {metadata_path} have no study in {labels_path}:" + list_problems(
+            [f"{metadata_path} line {i + 2}: study {table['study_id'].iat[i]}" for i in unlabelled]))
+    table = table.drop(columns="_merge")
+    if split_path is not None:
+        split = read_table(split_path)
+        require_columns(split, ["dicom_id", "split"], str(split_path))
+        table = table.merge(split[["dicom_id", "split"]].rename(columns={"split": "official_split"}),
+                            on="dicom_id", how="left").fillna({"official_split": ""})
+    view = table["ViewPosition"].str.strip().str.upper()
+    rows = filter_rows(table, filt, table["subject_id"], view, view.isin(["PA", "AP"]), table["dicom_id"],
+                       table.get("official_split"))
+    table = table.iloc[rows].reset_index(drop=True)
+    names = [mimic_path(*ids) for ids in zip(table["subject_id"], table["study_id"], table["dicom_id"])]
+    label_values, mask = chexpert_labels(table, policy, str(labels_path))
+    return _imageset(table["dicom_id"].tolist(), names, table["subject_id"].tolist(), image_root,
+                     CHEXPERT_OBSERVATIONS, label_values, mask, demographics(table, MIMIC_DEMOGRAPHICS))
 
 
 def _imageset(ids: list[str], names: list[str], patients: list[str], image_dir: str | Path | None,

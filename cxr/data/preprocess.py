@@ -1,6 +1,6 @@
 """Decode once, in parallel: files to one uint8 (N, S, S) array, resized and CLAHE-equalised.
 
-Large sets go to memory-mapped shards instead (``storage``): written as decoding proceeds, so
+Large sets go to on-disk shards instead (``storage``): written as decoding proceeds, so
 memory holds a few shards, not the set.
 
 OpenCV releases the GIL while decoding, resizing and equalising, so a thread pool uses
@@ -45,7 +45,7 @@ class PreprocessConfig(BaseModel):
     skip_corrupt: bool = Field(False, description="leave out unreadable files instead of failing")
     dicom: DicomConfig = Field(default_factory=DicomConfig, description="VOI and multi-frame handling of DICOM files")
     storage: Literal["auto", "memory", "shards"] = Field(
-        "auto", description="pixels in one in-memory array, or in memory-mapped shards on disk; auto: shards "
+        "auto", description="pixels in one in-memory array, or in shards on disk; auto: shards "
                             "from shards_from images on")
     shards_from: int = Field(20_000, ge=1, description="the set size at which auto storage switches to shards")
     shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1, description="images per shard")
@@ -66,8 +66,10 @@ def prepare_image(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 def source_stats(image: np.ndarray, colour: float = 0.0) -> tuple[float, ...]:
     """``SOURCE_COLUMNS`` of one decoded uint8 (H, W) image: height, width, std, the share of
     pixels at 0 or 255, and colourfulness."""
-    clipped = (np.count_nonzero(image == 0) + np.count_nonzero(image == 255)) / max(image.size, 1)
-    return float(image.shape[0]), float(image.shape[1]), float(image.std()), clipped, colour
+    _, std = cv2.meanStdDev(image)  # OpenCV, not numpy: it releases the GIL, so decoding threads do not queue
+    hist = cv2.calcHist([image], [0], None, [256], [0, 256]).ravel()
+    clipped = float(hist[0] + hist[255]) / max(image.size, 1)
+    return float(image.shape[0]), float(image.shape[1]), float(std.ravel()[0]), clipped, colour
 
 
 def _prepared(image: np.ndarray, cfg: PreprocessConfig, colour: float = 0.0) -> tuple[np.ndarray, tuple]:

@@ -1,9 +1,11 @@
-"""Out-of-core pixel storage: fixed-size ``.npy`` shards, written as images arrive, read memory-mapped.
+"""Out-of-core pixel storage: fixed-size ``.npy`` shards, written as images arrive, read in place from disk.
 
 A ``ShardedImages`` behaves like a read-only uint8 (N, H, W) array where steps need one (``len``,
-``shape``, integer/slice/index-array reads, iteration, ``np.asarray``) while holding only the
-shards' memory maps: the page cache, not the process, holds the pixels, and N processes share
-one copy. ``take`` makes a lazy row view (a split, a subset) without reading pixels. The
+``shape``, integer/slice/index-array reads, iteration, ``np.asarray``) while holding only open
+shard files: a read copies the rows asked for with ``preadv`` (runs of consecutive rows in one
+call), so the page cache, not the process, holds the pixels, and N processes share one copy.
+Memory-mapping the shards instead grew a process's RSS by 2.7 GB for 2,000 random images of 100k
+(the kernel maps whole page-cache folios on each fault, MADV_RANDOM or not; ``bench/scale.py``). ``take`` makes a lazy row view (a split, a subset) without reading pixels. The
 ``ShardWriter`` keeps one shard in memory and hashes every image as it is written, so the
 content hash never needs the whole set.
 """
@@ -81,7 +83,7 @@ class ShardWriter:
 
 
 class ShardedImages:
-    """A read-only uint8 (N, H, W) image array backed by memory-mapped shards in ``folder``.
+    """A read-only uint8 (N, H, W) image array backed by the shards in ``folder``, read on demand.
 
     Args:
         folder: a local folder holding ``shards.json`` and the shards it lists.
@@ -92,14 +94,15 @@ class ShardedImages:
     ndim = 3
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, folder: str, rows: np.ndarray | None = None, owner: object | None = None) -> None:
+    def __init__(self, folder: str, rows: np.ndarray | None = None, owner: object | None = None,
+                 files: "ShardFiles | None" = None) -> None:
         with open(os.path.join(folder, INDEX_FILE)) as f:
             index = json.load(f)
         self.folder, self.owner, self._index = folder, owner, index
         self.shard_size, self.count = int(index["shard_size"]), int(index["count"])
         self.image_shape = tuple(index["image_shape"])
         self.rows = rows
-        self._maps: list[np.ndarray] = []
+        self._files = files or ShardFiles([os.path.join(folder, name) for name in index["files"]])
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -119,12 +122,6 @@ class ShardedImages:
     def __repr__(self) -> str:
         return f"ShardedImages({self.folder!r}, shape={self.shape}, shards={len(self._index['files'])})"
 
-    def _shard(self, i: int) -> np.ndarray:
-        if not self._maps:
-            self._maps = [np.load(os.path.join(self.folder, name), mmap_mode="r", allow_pickle=False)
-                          for name in self._index["files"]]
-        return self._maps[i]
-
     def _stored_rows(self, key) -> np.ndarray:
         """The stored-set rows that ``key`` (int, slice or index array) selects, as int64."""
         n = len(self)
@@ -143,11 +140,14 @@ class ShardedImages:
         return local if self.rows is None else self.rows[local]
 
     def _gather(self, stored: np.ndarray) -> np.ndarray:
+        """Rows ``stored`` in that order, each run of consecutive rows within a shard read in one call."""
         out = np.empty((len(stored), *self.image_shape), np.uint8)
+        if not len(stored):
+            return out
         shard, offset = np.divmod(stored, self.shard_size)
-        for s in np.unique(shard):
-            hit = shard == s
-            out[hit] = self._shard(int(s))[offset[hit]]
+        starts = np.flatnonzero(np.r_[True, (np.diff(stored) != 1) | (np.diff(shard) != 0)])
+        for start, end in zip(starts, np.r_[starts[1:], len(stored)]):
+            self._files.read(int(shard[start]), int(offset[start]), out[start:end])
         return out
 
     def __getitem__(self, key) -> np.ndarray:
@@ -174,7 +174,7 @@ class ShardedImages:
 
     def take(self, index: Sequence[int] | np.ndarray) -> "ShardedImages":
         """A lazy view of rows ``index``: reads no pixels."""
-        return ShardedImages(self.folder, self._stored_rows(np.asarray(index, np.int64)), self.owner)
+        return ShardedImages(self.folder, self._stored_rows(np.asarray(index, np.int64)), self.owner, self._files)
 
     def digests(self) -> list[str]:
         """Per image, the pixel digest recorded when it was written."""
@@ -183,6 +183,37 @@ class ShardedImages:
 
     def file_paths(self) -> list[str]:
         return [os.path.join(self.folder, name) for name in self._index["files"]]
+
+
+class ShardFiles:
+    """The open shard files of one stored set, shared by its views, closed with the last of them."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths, self._fds, self._headers = paths, [None] * len(paths), [0] * len(paths)
+        self._finalizer = weakref.finalize(self, _close_all, self._fds)
+
+    def _open(self, i: int) -> int:
+        if self._fds[i] is None:
+            with open(self.paths[i], "rb") as f:
+                major, _ = np.lib.format.read_magic(f)
+                (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
+                self._headers[i] = f.tell()
+            self._fds[i] = os.open(self.paths[i], os.O_RDONLY)
+        return self._fds[i]
+
+    def read(self, shard: int, row: int, out: np.ndarray) -> None:
+        """Rows ``row`` to ``row + len(out)`` of shard ``shard`` into ``out``."""
+        fd = self._open(shard)
+        wanted = out.nbytes
+        got = os.preadv(fd, [memoryview(out).cast("B")], self._headers[shard] + row * (wanted // len(out)))
+        if got != wanted:
+            raise OSError(f"shard {self.paths[shard]} is truncated: read {got} of {wanted} bytes at row {row}")
+
+
+def _close_all(fds: list) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
 
 
 def take_rows(images: np.ndarray | ShardedImages, index: np.ndarray) -> np.ndarray | ShardedImages:
@@ -245,7 +276,7 @@ def copy_file(src: str, dst: str, open_file: Opener = open) -> None:
 
 def localise_shards(folder: str, open_file: Opener) -> tuple[str, object]:
     """Copy a remote shard folder (read through ``open_file``) into a local scratch folder, one file at a
-    time, so that it can be memory-mapped; the folder and its lifetime token."""
+    time, so that it can be read in place; the folder and its lifetime token."""
     local, token = scratch_folder("cxr-shards-remote-")
     with open_file(os.path.join(folder, INDEX_FILE), "r") as f:
         index = json.load(f)

@@ -1,6 +1,6 @@
 """Where a model does worse: AUC and one operating point's sensitivity and specificity per
-subgroup of sex, age band and view position, where the source provides them, with counts and a
-flag on subgroups too small to judge."""
+subgroup of sex, age band, view position and (for merged datasets) dataset, where the source
+provides them, with counts and a flag on subgroups too small to judge."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 from cxr.metrics.classification import per_label_auc
 from cxr.metrics.operating_points import rates
 
-SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view")
+SUBGROUP_ATTRIBUTES = ("sex", "age_band", "view", "dataset")
 
 
 def subgroup_table(manifest: pd.DataFrame, y: np.ndarray, p: np.ndarray, label_names: Sequence[str],

@@ -4,7 +4,7 @@
 processes with torchrun and reads back the rank-0 result (``cxr.train.cluster`` does the same
 over ``train.nodes`` nodes through a Kubeflow PyTorchJob). Each process runs this module:
 Accelerate sets up the process group (NCCL on GPUs, Gloo on CPU), the device and the DDP
-wrapper, and ``fit`` does the rest. Images are memory-mapped, so N processes share one copy
+wrapper, and ``fit`` does the rest. Images are memory-mapped (or read from shards), so N processes share one copy
 in the page cache. ``train.processes == 1`` never comes here: ``fit`` runs in-process.
 """
 

@@ -92,7 +92,7 @@ class TestNIH:
         other.write_text("Image Index,Patient Age\na.png,40\n")
         with pytest.raises(DataError, match=r"other.csv lacks columns \['Patient Gender', 'View Position'\]"):
             read_nih_table(table, None, metadata=other)
-        with pytest.raises(ValueError, match="data.metadata joins an NIH Data_Entry table"):
+        with pytest.raises(ValueError, match="data.metadata joins an NIH Data_Entry or MIMIC metadata table"):
             IngestConfig(source="folders", path="x", metadata=str(other))
 
 
