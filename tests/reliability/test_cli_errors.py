@@ -63,7 +63,7 @@ CONFIG_CASES = [
     ("set the run lacks", set_key("parameters.adapt.target", "tset"),
      "parameters.adapt.target: 'tset' is a set this run does not have; choose from ['test'] (did you mean 'test'?)"),
     ("nested list item", set_key("parameters.external", [{"name": "a", "data": {"source": "folders"}}]),
-     "parameters.external[0].data.path: missing (required)"),
+     "parameters.external[0].data: data.path is required when data.source is 'folders'"),
 ]
 
 
