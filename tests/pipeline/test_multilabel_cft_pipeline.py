@@ -49,7 +49,8 @@ def write_config(folder: Path, data: Path, population: int) -> Path:
     return write_yaml(folder / f"nih-{population}.yaml", {"parameters": {**FAST_INTERVALS,
         "data": {"source": "nih", "path": str(data / "labels.csv"), "image_dir": str(data / "images")},
         "split": {"val_fraction": 0.25},
-        "preprocess": {"image_size": 32},
+        # the sharded store end to end: split views, features, SSL-free fine-tune, CFT, TTA, inference
+        "preprocess": {"image_size": 32, "storage": "shards", "shard_size": 16},
         "model": {"backbone": "resnet10t"},
         "train": {"epochs": 2, "batch_size": 8, "loss": "pos_weight_bce", "negative_keep_fraction": 0.5},
         "tta_views": ["original"],
@@ -70,6 +71,16 @@ def nih_runs(nih_data: Path, tmp_path_factory) -> dict:
 def last_layer_rows(checkpoint) -> torch.Tensor:
     """(L, D + 1): each finding's last-layer weights and bias."""
     return torch.cat([checkpoint.state_dict["head.fc.weight"], checkpoint.state_dict["head.fc.bias"][:, None]], 1)
+
+
+def test_the_decoded_images_are_an_artifact_of_shards_read_in_place(nih_runs):
+    from cxr.data.shards import ShardedImages
+
+    decoded = output(nih_runs["first"], "preprocess_images", "decoded_images")
+    assert isinstance(decoded.images, ShardedImages) and not decoded.images.is_view
+    assert len(decoded.images.file_paths()) == -(-len(decoded) // 16)
+    assert decoded.images.folder.startswith(str(nih_runs["first"].steps["preprocess_images"].outputs["decoded_images"][0].uri))
+    assert decoded.content_hash() == decoded.with_images(np.asarray(decoded.images)).content_hash()
 
 
 def test_cft_rewrites_only_the_last_layer_rows_it_improved(nih_runs):
