@@ -13,8 +13,10 @@ content hash never needs the whole set.
 from __future__ import annotations
 
 import hashlib
+import errno
 import json
 import os
+import threading
 import shutil
 import tempfile
 import weakref
@@ -174,7 +176,7 @@ class ShardedImages:
 
     def take(self, index: Sequence[int] | np.ndarray) -> "ShardedImages":
         """A lazy view of rows ``index``: reads no pixels."""
-        return ShardedImages(self.folder, self._stored_rows(np.asarray(index, np.int64)), self.owner, self._files)
+        return ShardedImages(self.folder, self._stored_rows(np.asarray(index)), self.owner, self._files)
 
     def digests(self) -> list[str]:
         """Per image, the pixel digest recorded when it was written."""
@@ -190,16 +192,24 @@ class ShardFiles:
 
     def __init__(self, paths: list[str]) -> None:
         self.paths, self._fds, self._headers = paths, [None] * len(paths), [0] * len(paths)
+        self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _close_all, self._fds)
 
     def _open(self, i: int) -> int:
+        if self._fds[i] is not None:
+            return self._fds[i]
+        with self._lock:
+            if self._fds[i] is None:
+                self._open_locked(i)
+        return self._fds[i]
+
+    def _open_locked(self, i: int) -> None:
         if self._fds[i] is None:
             with open(self.paths[i], "rb") as f:
                 major, _ = np.lib.format.read_magic(f)
                 (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(f)
                 self._headers[i] = f.tell()
             self._fds[i] = os.open(self.paths[i], os.O_RDONLY)
-        return self._fds[i]
 
     def read(self, shard: int, row: int, out: np.ndarray) -> None:
         """Rows ``row`` to ``row + len(out)`` of shard ``shard`` into ``out``."""
@@ -264,12 +274,15 @@ def write_shards(images: np.ndarray | ShardedImages, folder: str, shard_size: in
 def copy_file(src: str, dst: str, open_file: Opener = open) -> None:
     """``src`` to ``dst``: a hard link where ``open_file`` is the local ``open`` and the file system
     allows it (shards are never written after they are closed), else a streamed copy."""
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        return
     if open_file is open:
         try:
             os.link(src, dst)
             return
-        except OSError:
-            pass
+        except OSError as error:  # another file system, or one without hard links: copy instead
+            if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
     with open(src, "rb") as source, open_file(dst, "wb") as target:
         shutil.copyfileobj(source, target, 16 << 20)
 

@@ -71,6 +71,10 @@ def pytorch_job(name: str, folder: str, nodes: int, processes: int, cluster: Clu
             "spec": {"nprocPerNode": str(processes), "runPolicy": run_policy, "pytorchReplicaSpecs": replicas}}
 
 
+class JobFailed(RuntimeError):
+    """The PyTorchJob ended in its Failed condition (its pods are kept for their logs)."""
+
+
 def job_state(job: dict) -> str | None:
     """``Succeeded`` or ``Failed`` once the job has ended (its condition's message appended), else None."""
     for condition in job.get("status", {}).get("conditions", []):
@@ -93,9 +97,21 @@ def run_job(api, job: dict, poll_seconds: float, timeout_seconds: float,
         sleep(poll_seconds)
         waited += poll_seconds
     if state.startswith("Failed"):
-        raise RuntimeError(f"PyTorchJob {namespace}/{name} failed ({state}); "
+        raise JobFailed(f"PyTorchJob {namespace}/{name} failed ({state}); "
                            f"its pods' logs: kubectl logs -n {namespace} -l training.kubeflow.org/job-name={name}")
     return state
+
+
+def delete_job(api, job: dict) -> None:
+    """Delete ``job`` if it exists (a job never created, or already deleted, is fine)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        api.delete_namespaced_custom_object(GROUP, VERSION, job["metadata"]["namespace"], PLURAL,
+                                            job["metadata"]["name"])
+    except ApiException as error:
+        if error.status != 404:
+            raise
 
 
 def custom_objects_api():
@@ -120,11 +136,19 @@ def fit_multi_node(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: 
     check_fit_inputs(train, val, proxy, cfg)
     cluster, name = cfg.cluster, job_name()
     folder = Path(cluster.shared_dir) / name
+    job = pytorch_job(name, str(folder), cfg.nodes, cfg.processes, cluster)
+    api, ended = api or custom_objects_api(), False
     folder.mkdir(parents=True)
     try:
         write_job(folder, train, val, model_cfg, cfg, preprocess, progress, backbone_init, proxy, None)
-        job = pytorch_job(name, str(folder), cfg.nodes, cfg.processes, cluster)
-        run_job(api or custom_objects_api(), job, cluster.poll_seconds, cluster.timeout_hours * 3600)
+        try:
+            run_job(api, job, cluster.poll_seconds, cluster.timeout_hours * 3600)
+        except JobFailed:
+            ended = True
+            raise
+        ended = True
         return read_result(folder, on_epoch)
     finally:
+        if not ended:  # an interrupted or failed wait must not leave the GPUs running a job nobody reads
+            delete_job(api, job)
         shutil.rmtree(folder, ignore_errors=True)

@@ -26,10 +26,10 @@ def with_cluster_image(train: TrainConfig) -> TrainConfig:
     """A multi-node ``train`` whose cluster image, when unset, is the one this step runs in."""
     if train.nodes == 1 or train.cluster.image:
         return train
-    build = get_step_context().pipeline_run.build
-    if build is None:
+    context = get_step_context()
+    if context.pipeline_run.build is None:
         return train
-    image = build.get_image(component_key="orchestrator", step="finetune")
+    image = context.pipeline_run.build.get_image(component_key="orchestrator", step=context.step_run.name)
     return train.model_copy(update={"cluster": train.cluster.model_copy(update={"image": image})})
 
 

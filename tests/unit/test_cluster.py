@@ -97,6 +97,29 @@ def test_the_wait_ends_on_the_jobs_final_condition():
     assert job_state({"status": {"conditions": [{"type": "Succeeded", "status": "False"}]}}) is None
 
 
+class BrokenApi(FakeApi):
+    """The API answers the create, then the connection drops while the step waits."""
+
+    def get_namespaced_custom_object(self, *args):
+        raise ConnectionError("API server unreachable")
+
+
+def test_a_wait_that_breaks_off_deletes_the_job_it_started_and_a_failed_job_is_kept(synthetic_split, tmp_path):
+    from cxr.train.cluster import JobFailed, fit_multi_node
+
+    train, val = synthetic_split
+    cfg = TrainConfig(nodes=2, epochs=1, cluster=CLUSTER | {"shared_dir": str(tmp_path / "jobs"),
+                                                           "mount_path": str(tmp_path)})
+    broken = BrokenApi([[]])
+    with pytest.raises(ConnectionError):
+        fit_multi_node(train, val, ModelConfig(backbone="resnet10t"), cfg, api=broken)
+    assert broken.deleted == [broken.created[0][-1]] and not any((tmp_path / "jobs").iterdir())
+    failed = FakeApi([[{"type": "Failed", "status": "True"}]])
+    with pytest.raises(JobFailed):
+        fit_multi_node(train, val, ModelConfig(backbone="resnet10t"), cfg, api=failed)
+    assert failed.deleted == []
+
+
 def operator_env(job: dict, node_rank: int, port: int) -> dict:
     """The rendezvous variables the Training Operator sets in a static PyTorchJob's pods."""
     replicas = job["spec"]["pytorchReplicaSpecs"]
