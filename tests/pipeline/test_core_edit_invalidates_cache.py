@@ -89,7 +89,7 @@ def edited_runs(tmp_path_factory) -> dict[str, dict[str, str]]:
     losses, finetune_step = repo / "cxr" / "train" / "losses.py", repo / "steps" / "train" / "finetune.py"
     edit(losses, '"""Mean of ``values`` where', '"""Edited docstring. Mean of ``values`` where')
     edit(losses, "    if mask is None:\n", "    # an edited comment\n    if mask is None:\n")
-    edit(finetune_step, "    run_fit = fit if", "    # a new comment in the step itself\n    run_fit = fit if")
+    edit(finetune_step, "    run_fit = fit_multi_node if", "    # a new comment in the step itself\n    run_fit = fit_multi_node if")
     runs["comments"] = run_pipeline(repo, config, "comments", env)
     edit(losses, "    return values.mean()\n", "    return values.sum() / values.numel()\n")
     runs["loss_code"] = run_pipeline(repo, config, "loss-code", env)
