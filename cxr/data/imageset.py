@@ -236,7 +236,7 @@ def load_imageset(folder: str, open_file: Opener = open, exists: Callable[[str],
 
 
 def sharded_images(folder: str, open_file: Opener = open) -> ShardedImages:
-    """The shards in ``folder``, mapped in place when it is a local folder, else from a local copy."""
+    """The shards in ``folder``, read in place when it is a local folder, else from a local copy."""
     if os.path.isfile(os.path.join(folder, INDEX_FILE)):
         return ShardedImages(folder)
     local, token = localise_shards(folder, open_file)

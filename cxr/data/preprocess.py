@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
 from cxr.progress import progress_bar
 
 from cxr.data.decode import ResizePolicy, decode_bytes, decode_source, resize_square
@@ -25,10 +26,14 @@ from cxr.data.dicom import DicomConfig
 from cxr.data.imageset import SOURCE_COLUMNS, ImageSet, make_manifest
 from cxr.data.shards import DEFAULT_SHARD_SIZE, ShardedImages, ShardWriter, scratch_folder
 from cxr.errors import DataError, list_problems
+from cxr.registry import Registry
 from cxr.features.clahe import apply_clahe
 
 
 ImageSource = str | bytes  # a file path, or an encoded image or DICOM file's bytes
+
+
+IMAGE_STORES = Registry("image storage")
 
 
 class PreprocessConfig(BaseModel):
@@ -44,15 +49,11 @@ class PreprocessConfig(BaseModel):
     num_workers: int = Field(0, ge=0, description="threads; 0 means one per core")
     skip_corrupt: bool = Field(False, description="leave out unreadable files instead of failing")
     dicom: DicomConfig = Field(default_factory=DicomConfig, description="VOI and multi-frame handling of DICOM files")
-    storage: Literal["auto", "memory", "shards"] = Field(
-        "auto", description="pixels in one in-memory array, or in shards on disk; auto: shards "
-                            "from shards_from images on")
+    storage: IMAGE_STORES.choice() = Field(
+        "auto", description="pixels in one in-memory array (memory), or in shards on disk (shards); auto: "
+                            "shards from shards_from images on")
     shards_from: int = Field(20_000, ge=1, description="the set size at which auto storage switches to shards")
     shard_size: int = Field(DEFAULT_SHARD_SIZE, ge=1, description="images per shard")
-
-    def use_shards(self, n: int) -> bool:
-        """Whether ``n`` images are stored as shards."""
-        return self.storage == "shards" or (self.storage == "auto" and n >= self.shards_from)
 
 
 def prepare_image(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
@@ -125,12 +126,30 @@ class _ShardOut:
         return ShardedImages(self.folder, owner=self.token)
 
 
+@IMAGE_STORES.register("memory")
+def memory_store(n: int, cfg: PreprocessConfig) -> _ArrayOut:
+    """One (N, S, S) array: small sets, and every request served."""
+    return _ArrayOut(n, cfg.image_size)
+
+
+@IMAGE_STORES.register("shards")
+def shard_store(n: int, cfg: PreprocessConfig) -> _ShardOut:
+    """``cfg.shard_size`` images per shard on disk, written as they are decoded."""
+    return _ShardOut(cfg.image_size, cfg.shard_size)
+
+
+@IMAGE_STORES.register("auto")
+def auto_store(n: int, cfg: PreprocessConfig) -> _ArrayOut | _ShardOut:
+    """Shards from ``cfg.shards_from`` images on, else memory."""
+    return (shard_store if n >= cfg.shards_from else memory_store)(n, cfg)
+
+
 def _prepare_all(work, n: int, cfg: PreprocessConfig, progress: bool):
     """Run ``work(i)`` for every row in a thread pool (OpenCV single-threaded inside), a chunk of rows
-    at a time so that finished images never pile up: the images (an array, or shards when
-    ``cfg.use_shards(n)``) of the rows that decoded, their source stats and each failed (row, message)."""
+    at a time so that finished images never pile up: the images (in ``cfg.storage``) of the rows that
+    decoded, those rows, their source stats and each failed (row, message)."""
     workers = cfg.num_workers or os.cpu_count() or 1
-    sink = _ShardOut(cfg.image_size, cfg.shard_size) if cfg.use_shards(n) else _ArrayOut(n, cfg.image_size)
+    sink = IMAGE_STORES.create(cfg.storage, n, cfg)
     stats = np.zeros((n, len(SOURCE_COLUMNS)), np.float64)
     failed: list[tuple[int, str]] = []
     chunk = max(cfg.shard_size, 2 * workers)
@@ -151,8 +170,10 @@ def _prepare_all(work, n: int, cfg: PreprocessConfig, progress: bool):
     finally:
         bar.close()
         cv2.setNumThreads(previous_threads)
-    keep = np.setdiff1d(np.arange(n), [i for i, _ in failed])
-    return sink.result(keep), stats, failed
+    decoded = np.ones(n, bool)
+    decoded[[i for i, _ in failed]] = False
+    keep = np.flatnonzero(decoded)
+    return sink.result(keep), keep, stats, failed
 
 
 def preprocess_imageset(imageset: ImageSet, cfg: PreprocessConfig,
@@ -168,14 +189,13 @@ def preprocess_imageset(imageset: ImageSet, cfg: PreprocessConfig,
     else:
         paths = imageset.manifest["path"].tolist()
         work = lambda i: _load(paths[i], cfg)  # noqa: E731
-    out, stats, failed = _prepare_all(work, len(imageset), cfg, progress)
+    out, keep, stats, failed = _prepare_all(work, len(imageset), cfg, progress)
     if failed and not cfg.skip_corrupt:
         raise DataError(f"{len(failed)} image(s) could not be decoded (set skip_corrupt to leave "
                         "them out):" + list_problems([msg for _, msg in failed]))
     imageset = imageset.with_source_stats(stats)
     if not failed:
         return imageset.with_images(out)
-    keep = np.setdiff1d(np.arange(len(imageset)), [i for i, _ in failed])
     skipped = [{"path": imageset.manifest["path"].iloc[i], "reason": msg} for i, msg in failed]
     return imageset.with_images(out, keep=keep, skipped=skipped)
 
@@ -184,10 +204,9 @@ def preprocess_sources(sources: Sequence[ImageSource], names: Sequence[str], ids
                        cfg: PreprocessConfig) -> tuple[ImageSet, dict[int, str]]:
     """Decode and prepare one path or encoded file's bytes per row, going on past bad rows (a
     request's): the unlabelled set of the rows that decoded, in order, and each failed row's error."""
-    out, stats, failed = _prepare_all(lambda i: _load_source(sources[i], names[i], cfg), len(sources),
-                                      cfg.model_copy(update={"storage": "memory"}), progress=False)
+    out, keep, stats, failed = _prepare_all(lambda i: _load_source(sources[i], names[i], cfg), len(sources),
+                                            cfg.model_copy(update={"storage": "memory"}), progress=False)
     errors = dict(failed)
-    keep = np.array([i for i in range(len(sources)) if i not in errors], np.int64)
     kept_ids = [str(ids[i]) for i in keep]
     manifest = make_manifest(kept_ids, [names[i] for i in keep])
     imageset = ImageSet(manifest, (), np.zeros((len(keep), 0), np.float32), np.zeros((len(keep), 0), bool))

@@ -1,24 +1,24 @@
-"""Out-of-core pixel storage: fixed-size ``.npy`` shards, written as images arrive, read in place from disk.
+"""Out-of-core pixel storage: fixed-size ``.npy`` shards, written as images arrive, read from disk.
 
 A ``ShardedImages`` behaves like a read-only uint8 (N, H, W) array where steps need one (``len``,
 ``shape``, integer/slice/index-array reads, iteration, ``np.asarray``) while holding only open
 shard files: a read copies the rows asked for with ``preadv`` (runs of consecutive rows in one
 call), so the page cache, not the process, holds the pixels, and N processes share one copy.
 Memory-mapping the shards instead grew a process's RSS by 2.7 GB for 2,000 random images of 100k
-(the kernel maps whole page-cache folios on each fault, MADV_RANDOM or not; ``bench/scale.py``). ``take`` makes a lazy row view (a split, a subset) without reading pixels. The
-``ShardWriter`` keeps one shard in memory and hashes every image as it is written, so the
-content hash never needs the whole set.
+(the kernel maps whole page-cache folios on each fault, MADV_RANDOM or not). ``take`` makes a lazy
+row view (a split, a subset) without reading pixels. The ``ShardWriter`` keeps one shard in memory
+and hashes every image as it is written, so the content hash never needs the whole set.
 """
 
 from __future__ import annotations
 
-import hashlib
 import errno
+import hashlib
 import json
 import os
-import threading
 import shutil
 import tempfile
+import threading
 import weakref
 from typing import IO, Callable, Iterable, Iterator, Sequence
 
@@ -97,9 +97,10 @@ class ShardedImages:
     dtype = np.dtype(np.uint8)
 
     def __init__(self, folder: str, rows: np.ndarray | None = None, owner: object | None = None,
-                 files: "ShardFiles | None" = None) -> None:
-        with open(os.path.join(folder, INDEX_FILE)) as f:
-            index = json.load(f)
+                 files: "ShardFiles | None" = None, index: dict | None = None) -> None:
+        if index is None:
+            with open(os.path.join(folder, INDEX_FILE)) as f:
+                index = json.load(f)
         self.folder, self.owner, self._index = folder, owner, index
         self.shard_size, self.count = int(index["shard_size"]), int(index["count"])
         self.image_shape = tuple(index["image_shape"])
@@ -161,8 +162,8 @@ class ShardedImages:
         return self._gather(self._stored_rows(key))
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for start in range(0, len(self), self.shard_size):
-            yield from self[start:start + self.shard_size]
+        for chunk in self.chunks():
+            yield from chunk
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:]
@@ -176,7 +177,7 @@ class ShardedImages:
 
     def take(self, index: Sequence[int] | np.ndarray) -> "ShardedImages":
         """A lazy view of rows ``index``: reads no pixels."""
-        return ShardedImages(self.folder, self._stored_rows(np.asarray(index)), self.owner, self._files)
+        return ShardedImages(self.folder, self._stored_rows(np.asarray(index)), self.owner, self._files, self._index)
 
     def digests(self) -> list[str]:
         """Per image, the pixel digest recorded when it was written."""

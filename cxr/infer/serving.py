@@ -25,10 +25,8 @@ from cxr.models.checkpoint import Checkpoint
 def serving_preprocess(checkpoint: Checkpoint) -> PreprocessConfig:
     """The checkpoint's training preprocessing; a corrupt file is an error, never skipped. Where the
     pixels were stored in training does not matter here: requests stay in memory."""
-    storage = ("storage", "shards_from", "shard_size")
-    return PreprocessConfig(**{**{k: v for k, v in checkpoint.meta.preprocess.items() if k not in storage},
-                               "image_size": checkpoint.meta.image_size, "skip_corrupt": False,
-                               "storage": "memory"})
+    return PreprocessConfig(**{**checkpoint.meta.preprocess, "image_size": checkpoint.meta.image_size,
+                               "skip_corrupt": False, "storage": "memory"})
 
 
 def preprocess_files(checkpoint: Checkpoint, paths: Sequence[str], ids: Sequence[str] | None = None) -> ImageSet:

@@ -137,18 +137,17 @@ def fit_multi_node(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: 
     cluster, name = cfg.cluster, job_name()
     folder = Path(cluster.shared_dir) / name
     job = pytorch_job(name, str(folder), cfg.nodes, cfg.processes, cluster)
-    api, ended = api or custom_objects_api(), False
+    api = api or custom_objects_api()
     folder.mkdir(parents=True)
     try:
         write_job(folder, train, val, model_cfg, cfg, preprocess, progress, backbone_init, proxy, None)
         try:
             run_job(api, job, cluster.poll_seconds, cluster.timeout_hours * 3600)
         except JobFailed:
-            ended = True
+            raise  # its pods are kept for their logs
+        except BaseException:  # an interrupted or broken-off wait must not leave GPUs on a job nobody reads
+            delete_job(api, job)
             raise
-        ended = True
         return read_result(folder, on_epoch)
     finally:
-        if not ended:  # an interrupted or failed wait must not leave the GPUs running a job nobody reads
-            delete_job(api, job)
         shutil.rmtree(folder, ignore_errors=True)
