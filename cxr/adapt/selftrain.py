@@ -16,6 +16,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxr.data.imageset import ImageSet, make_manifest
+from cxr.data.shards import concat_images, take_rows
 from cxr.infer.predict import predict_proba
 from cxr.infer.tta import ViewName, tta_views
 from cxr.models.checkpoint import Checkpoint
@@ -50,14 +51,14 @@ def pseudo_labelled(images: np.ndarray, labels: np.ndarray, mask: np.ndarray,
     keep = np.flatnonzero(mask.any(axis=1))
     ids = [f"target-{i}" for i in keep]
     manifest = make_manifest(ids, ids).assign(split="train")
-    return ImageSet(manifest, label_names, labels[keep], mask[keep], images[keep])
+    return ImageSet(manifest, label_names, labels[keep], mask[keep], take_rows(images, keep))
 
 
 def joined(train: ImageSet, extra: ImageSet) -> ImageSet:
     """Train rows followed by ``extra``'s."""
     return ImageSet(pd.concat([train.manifest, extra.manifest], ignore_index=True), train.label_names,
                     np.concatenate([train.labels, extra.labels]), np.concatenate([train.mask, extra.mask]),
-                    np.concatenate([train.images, extra.images]))
+                    concat_images([train.images, extra.images]))
 
 
 def round_config(train_cfg: TrainConfig, cfg: SelfTrainConfig) -> TrainConfig:

@@ -90,12 +90,16 @@ class Fingerprints:
 
 
 def fingerprints(images: np.ndarray, size: int = THUMBNAIL_SIZE) -> Fingerprints:
-    """Digests, perceptual hashes and thumbnails of uint8 (N, H, W) ``images``."""
-    views = [(image, image[:, ::-1]) for image in images]
-    digests = [pixel_digest(image) for image in images]
-    hashes = np.array([[_phash(view) for view in pair] for pair in views], np.uint64).reshape(-1, 2)
-    thumbnails = np.array([[_thumbnail(view, size) for view in pair] for pair in views], np.float32)
-    return Fingerprints(np.array(digests, object), hashes, thumbnails.reshape(len(images), 2, size * size))
+    """Digests, perceptual hashes and thumbnails of uint8 (N, H, W) ``images``, one image at a time
+    (a sharded set is read a shard at a time and never held)."""
+    digests, hashes, thumbnails = [], [], []
+    for image in images:
+        pair = (image, image[:, ::-1])
+        digests.append(pixel_digest(image))
+        hashes.append([_phash(view) for view in pair])
+        thumbnails.append([_thumbnail(view, size) for view in pair])
+    return Fingerprints(np.array(digests, object), np.array(hashes, np.uint64).reshape(-1, 2),
+                        np.array(thumbnails, np.float32).reshape(len(digests), 2, size * size))
 
 
 def hash_distances(a: Fingerprints, b: Fingerprints) -> np.ndarray:

@@ -107,6 +107,14 @@ class ShardedImages:
         self.rows = rows
         self._files = files or ShardFiles([os.path.join(folder, name) for name in index["files"]])
 
+    def __getstate__(self) -> dict:
+        """Folder, rows and index only: an unpickled copy (a loader worker) opens its own files and
+        reads the folder while the pickling process's owner keeps it."""
+        return {"folder": self.folder, "rows": self.rows, "index": self._index}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["folder"], state["rows"], index=state["index"])
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return (len(self), *self.image_shape)
@@ -230,6 +238,20 @@ def _close_all(fds: list) -> None:
 def take_rows(images: np.ndarray | ShardedImages, index: np.ndarray) -> np.ndarray | ShardedImages:
     """Rows ``index`` of an in-memory array (a copy) or of a sharded one (a lazy view)."""
     return images.take(index) if isinstance(images, ShardedImages) else images[index]
+
+
+def concat_images(parts: Sequence[np.ndarray | ShardedImages]) -> np.ndarray | ShardedImages:
+    """``parts`` one after another: one array when all are in memory, else new scratch shards written
+    a shard at a time (a sharded train set plus target images never loads either)."""
+    sharded = [part for part in parts if isinstance(part, ShardedImages)]
+    if not sharded:
+        return np.concatenate(parts)
+    folder, token = scratch_folder()
+    writer = ShardWriter(folder, tuple(parts[0].shape[1:]), sharded[0].shard_size)
+    for part in parts:
+        writer.extend(part)
+    writer.close()
+    return ShardedImages(folder, owner=token)
 
 
 def scratch_folder(prefix: str = "cxr-shards-") -> tuple[str, object]:

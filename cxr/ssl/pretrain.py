@@ -21,6 +21,7 @@ import torch
 from lightly.utils.debug import std_of_l2_normalized
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cxr.data.shards import concat_images
 from cxr.models.backbones import create_backbone, feature_dim
 from cxr.models.checkpoint import BackboneCheckpoint, BackboneMeta
 from cxr.progress import progress_bar, write_line
@@ -258,7 +259,7 @@ def with_target(images: np.ndarray, target: np.ndarray, pairs: np.ndarray | None
     """The SSL pool for domain-adaptive pretraining: ``images`` followed by a target site's
     unlabelled ``target`` images; nearest-neighbour ``pairs`` (indices into ``images``) gain
     each target image paired with itself, so it is seen as two views of one image."""
-    pool = np.concatenate([images, target])
+    pool = concat_images([images, target])
     if pairs is None:
         return pool, None
     extra = np.arange(len(images), len(pool), dtype=pairs.dtype if len(pairs) else np.int64)

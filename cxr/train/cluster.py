@@ -23,6 +23,7 @@ from cxr.models.classifier import ModelConfig
 from cxr.train.config import ClusterConfig, TrainConfig
 from cxr.train.distributed import read_result, worker_command, write_job
 from cxr.train.loop import FitResult, check_fit_inputs
+from cxr.train.resume import MANIFEST, ResumeStore
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 CONTAINER = "pytorch"  # the container name the Training Operator requires
@@ -131,16 +132,18 @@ def fit_multi_node(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: 
                    resume=None, api=None) -> FitResult:
     """``fit`` over ``cfg.nodes`` x ``cfg.processes`` GPUs as a PyTorchJob; same arguments and result.
 
-    ``resume`` is not kept across nodes yet: a failed job re-runs from its first epoch.
+    With ``resume`` every process keeps its state on the shared volume (``shared_resume``), copied
+    back into ``resume`` when the job ends, so a re-run (a retried step) goes on from the last epoch.
     """
     check_fit_inputs(train, val, proxy, cfg)
     cluster, name = cfg.cluster, job_name()
     folder = Path(cluster.shared_dir) / name
     job = pytorch_job(name, str(folder), cfg.nodes, cfg.processes, cluster)
     api = api or custom_objects_api()
+    shared = None if resume is None else shared_resume(resume, cluster.shared_dir)
     folder.mkdir(parents=True)
     try:
-        write_job(folder, train, val, model_cfg, cfg, preprocess, progress, backbone_init, proxy, None)
+        write_job(folder, train, val, model_cfg, cfg, preprocess, progress, backbone_init, proxy, shared)
         try:
             run_job(api, job, cluster.poll_seconds, cluster.timeout_hours * 3600)
         except JobFailed:
@@ -148,6 +151,30 @@ def fit_multi_node(train: ImageSet, val: ImageSet, model_cfg: ModelConfig, cfg: 
         except BaseException:  # an interrupted or broken-off wait must not leave GPUs on a job nobody reads
             delete_job(api, job)
             raise
+        finally:
+            if shared is not None:
+                keep_resume(shared, resume)
         return read_result(folder, on_epoch)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def shared_resume(resume: ResumeStore, shared_dir: str) -> ResumeStore:
+    """The nodes' resume store on the shared volume (``resume-<fingerprint>``), seeded with the state
+    ``resume`` holds (pulled from where it is kept) where the volume has none."""
+    shared = ResumeStore(Path(shared_dir) / f"resume-{resume.fingerprint[:32]}", resume.fingerprint)
+    resume.pull()
+    if resume.folder.is_dir() and not shared.folder.is_dir():
+        shutil.copytree(resume.folder, shared.folder)
+    return shared
+
+
+def keep_resume(shared: ResumeStore, resume: ResumeStore) -> None:
+    """Copy the nodes' state back into ``resume`` and push it where it is kept; the processes of a
+    finished job cleared theirs, so ``resume`` is then cleared and the volume's folder removed."""
+    shutil.rmtree(resume.folder, ignore_errors=True)
+    if shared.folder.is_dir() and any(shared.folder.rglob(MANIFEST)):
+        shutil.copytree(shared.folder, resume.folder)
+    else:
+        shared.clear()
+    resume.push()

@@ -31,7 +31,9 @@ class ClusterConfig(BaseModel):
     tolerations: list[dict] = Field(default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists",
                                                              "effect": "NoSchedule"}])
     environment: dict[str, str] = Field(default_factory=lambda: {"CXR_DATA_DIR": "/data"})
-    gang_scheduler: str | None = Field(None, description="e.g. volcano: start all nodes or none")
+    gang_scheduler: str | None = Field(None, description="e.g. volcano: start all nodes or none (the job's "
+                                       "minAvailable; the Training Operator runs with --gang-scheduler-name "
+                                       "set to it and names the scheduler in the pods itself)")
     poll_seconds: float = Field(15.0, gt=0)
     timeout_hours: float = Field(48.0, gt=0)
     ttl_seconds: int = Field(3600, ge=0, description="finished job kept this long for its logs")
@@ -100,6 +102,10 @@ class TrainConfig(BaseModel):
         if self.cluster is not None and not Path(self.cluster.shared_dir).is_relative_to(self.cluster.mount_path):
             raise ValueError(f"train.cluster.shared_dir {self.cluster.shared_dir!r} must lie under its mount_path "
                              f"{self.cluster.mount_path!r}: every node reads the job folder there")
+        gpus = None if self.cluster is None else self.cluster.gpus_per_node
+        if gpus and gpus < self.processes:
+            raise ValueError(f"train.processes={self.processes} runs one process per GPU, but "
+                             f"train.cluster.gpus_per_node is {gpus}: raise it or lower processes")
         if (self.processes > 1 or self.nodes > 1) and ":" in self.device:
             raise ValueError(f"train.processes={self.processes} places one process per GPU itself; "
                              f"device must be auto, cuda or cpu, not {self.device!r}")

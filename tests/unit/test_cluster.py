@@ -4,6 +4,7 @@ Operator starts the pods (the spec's command, the PET_* rendezvous variables it 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from cxr.train.cluster import job_state, pytorch_job, run_job
 from cxr.train.config import ClusterConfig, TrainConfig
 from cxr.train.distributed import read_result, write_job
 from cxr.train.loop import fit
+from cxr.train.resume import ResumeStore
 from cxr.models.classifier import ModelConfig
 from tests.conftest import REPO_ROOT
 from tests.helpers import free_port
@@ -59,6 +61,8 @@ def test_multi_node_needs_a_cluster_whose_job_folder_every_node_mounts():
         TrainConfig(nodes=2, cluster=CLUSTER | {"shared_dir": "/tmp/jobs"})
     with pytest.raises(ValueError, match="one process per GPU"):
         TrainConfig(nodes=2, device="cuda:1", cluster=CLUSTER)
+    with pytest.raises(ValueError, match="gpus_per_node is 2"):
+        TrainConfig(nodes=2, processes=4, cluster=CLUSTER | {"gpus_per_node": 2})
 
 
 class FakeApi:
@@ -118,6 +122,41 @@ def test_a_wait_that_breaks_off_deletes_the_job_it_started_and_a_failed_job_is_k
     with pytest.raises(JobFailed):
         fit_multi_node(train, val, ModelConfig(backbone="resnet10t"), cfg, api=failed)
     assert failed.deleted == []
+
+
+class SavingApi(FakeApi):
+    """The job's processes find the seeded state in their resume folder, save epoch 2 there, then fail."""
+
+    def __init__(self, jobs: Path):
+        super().__init__([[{"type": "Failed", "status": "True"}]])
+        self.jobs, self.seen = jobs, None
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        super().create_namespaced_custom_object(group, version, namespace, plural, body)
+        config = json.loads((self.jobs / body["metadata"]["name"] / "config.json").read_text())
+        folder, fingerprint = config["resume"]
+        self.seen = (folder, ResumeStore(folder, fingerprint).rank(0).load())
+        ResumeStore(folder, fingerprint).rank(1).save({"epoch": 2})
+
+
+def test_a_failed_multi_node_job_keeps_every_process_state_for_the_retry(synthetic_split, tmp_path):
+    from cxr.train.cluster import JobFailed, fit_multi_node, keep_resume
+
+    train, val = synthetic_split
+    jobs = tmp_path / "jobs"
+    cfg = TrainConfig(nodes=2, epochs=3, cluster=CLUSTER | {"shared_dir": str(jobs), "mount_path": str(tmp_path)})
+    resume = ResumeStore(tmp_path / "store", "a1b2c3")
+    resume.rank(0).save({"epoch": 1})
+    api = SavingApi(jobs)
+    with pytest.raises(JobFailed):
+        fit_multi_node(train, val, ModelConfig(backbone="resnet10t"), cfg, api=api, resume=resume)
+    folder, seeded = api.seen
+    assert Path(folder).parent == jobs and seeded == {"epoch": 1}  # the nodes read the step's state
+    assert resume.rank(0).load() == {"epoch": 1} and resume.rank(1).load() == {"epoch": 2}  # and it came back
+    shared = ResumeStore(folder, "a1b2c3")
+    shared.rank(0).clear(), shared.rank(1).clear()  # what a finished job's processes do
+    keep_resume(shared, resume)
+    assert not resume.folder.exists() and not Path(folder).exists()
 
 
 def operator_env(job: dict, node_rank: int, port: int) -> dict:

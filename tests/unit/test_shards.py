@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import tracemalloc
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import pytest
 from cxr.data.imageset import ImageSet, load_imageset, make_manifest, save_imageset
 from cxr.data.ingest import IngestConfig, read_source
 from cxr.data.preprocess import PreprocessConfig, preprocess_imageset
-from cxr.data.shards import INDEX_FILE, ShardedImages, ShardWriter, scratch_folder, write_shards
+from cxr.data.leakage import fingerprints
+from cxr.data.shards import INDEX_FILE, ShardedImages, ShardWriter, concat_images, scratch_folder, write_shards
+from cxr.ssl.pretrain import with_target
 from tests.helpers import write_class_tree
 
 
@@ -55,6 +58,25 @@ def test_a_view_reads_no_pixels_and_maps_through_its_rows(tmp_path: Path, pixels
         if name.endswith(".away"):
             os.rename(tmp_path / name, tmp_path / name[:-5])
     np.testing.assert_array_equal(view[:], pixels[[5, 8]])
+
+
+def test_sets_join_into_new_shards_and_views_pickle_without_their_open_files(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("CXR_SCRATCH_DIR", str(tmp_path / "scratch"))
+    pixels = np.random.default_rng(1).integers(0, 256, (10, 32, 32), dtype=np.uint8)
+    images = stored(tmp_path, pixels)
+    joined = concat_images([images.take([9, 2]), pixels[:3]])
+    assert isinstance(joined, ShardedImages) and joined.folder.startswith(str(tmp_path / "scratch"))
+    np.testing.assert_array_equal(joined[:], np.concatenate([pixels[[9, 2]], pixels[:3]]))
+    assert isinstance(concat_images([pixels, pixels[:1]]), np.ndarray)
+    pool, pairs = with_target(images, pixels[:2], np.array([[0, 1]]))  # domain-adaptive SSL's pool
+    assert isinstance(pool, ShardedImages) and len(pool) == 12 and pairs.tolist() == [[0, 1], [10, 10], [11, 11]]
+    copy = pickle.loads(pickle.dumps(images.take([4, 0])))
+    assert copy._files is not images._files and copy.owner is None
+    np.testing.assert_array_equal(copy[:], pixels[[4, 0]])
+    on_disk, in_memory = fingerprints(images), fingerprints(pixels)
+    np.testing.assert_array_equal(on_disk.hashes, in_memory.hashes)
+    np.testing.assert_array_equal(on_disk.thumbnails, in_memory.thumbnails)
+    assert list(on_disk.digests) == list(in_memory.digests) == images.digests()
 
 
 def test_the_content_hash_comes_from_the_write_and_equals_the_in_memory_sets(tmp_path: Path, pixels: np.ndarray):
