@@ -15,7 +15,8 @@ How the adaptation levers are scored without test labels: AdaBN and self-trainin
 the proxy images (unlabelled use) for the proxy figure, and to the test images for the
 submission; the corruption figure re-estimates BatchNorm on each corrupted val set when AdaBN
 is on. ``speed-<config>`` variants time the training loop plain, with channels_last, bf16
-autocast (where the CPU has native bf16) and torch.compile, as ratios to the plain loop.
+autocast (where the CPU has native bf16), torch.compile and the acquisition augmentations
+(``-augment``'s training cost), as ratios to the plain loop.
 """
 
 from __future__ import annotations
@@ -227,7 +228,10 @@ def run_speed(out: Path, name: str, spec: dict) -> dict:
     data = cached_set(out, params["data"], params["split"], PreprocessConfig(**params["preprocess"]))
     line = {"variant": name, "config": CONFIGS[spec["config"]], "cpu_has_bf16": cpu_has_bf16(),
             "threads": torch.get_num_threads()}
-    options = {"channels_last": {"channels_last": True}, "compile": {"compile": True}}
+    augment = TrainConfig(**params["train"]).augment
+    options = {"channels_last": {"channels_last": True}, "compile": {"compile": True},
+               "acquisition_augment": {"augment": augment.model_copy(
+                   update={key.removeprefix("train.augment."): value for key, value in ROBUST_AUGMENT.items()})}}
     if cpu_has_bf16():
         options["bf16"] = {"cpu_bf16": True}
     for option, overrides in options.items():
