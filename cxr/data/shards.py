@@ -222,11 +222,13 @@ class ShardFiles:
 
     def read(self, shard: int, row: int, out: np.ndarray) -> None:
         """Rows ``row`` to ``row + len(out)`` of shard ``shard`` into ``out``."""
-        fd = self._open(shard)
-        wanted = out.nbytes
-        got = os.preadv(fd, [memoryview(out).cast("B")], self._headers[shard] + row * (wanted // len(out)))
-        if got != wanted:
-            raise OSError(f"shard {self.paths[shard]} is truncated: read {got} of {wanted} bytes at row {row}")
+        fd, view = self._open(shard), memoryview(out).cast("B")
+        start, done = self._headers[shard] + row * (out.nbytes // len(out)), 0
+        while done < out.nbytes:  # one call returns at most about 2 GiB
+            got = os.preadv(fd, [view[done:]], start + done)
+            if got == 0:
+                raise OSError(f"shard {self.paths[shard]} is truncated: read {done} of {out.nbytes} bytes at row {row}")
+            done += got
 
 
 def _close_all(fds: list) -> None:

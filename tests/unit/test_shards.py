@@ -47,6 +47,15 @@ def test_every_kind_of_read_equals_the_in_memory_array(tmp_path: Path, pixels: n
         images[[10]]
 
 
+def test_a_truncated_shard_is_named_in_the_error(tmp_path: Path, pixels: np.ndarray):
+    images = stored(tmp_path, pixels)
+    shard = tmp_path / "shard-00001.npy"
+    shard.write_bytes(shard.read_bytes()[:-45])
+    np.testing.assert_array_equal(images[3], pixels[3])
+    with pytest.raises(OSError, match="shard-00001.npy is truncated: read 15 of 60 bytes at row 1"):
+        images[4:6]
+
+
 def test_a_view_reads_no_pixels_and_maps_through_its_rows(tmp_path: Path, pixels: np.ndarray):
     images = stored(tmp_path, pixels)
     for name in os.listdir(tmp_path):
