@@ -56,6 +56,7 @@ ROBUST_AUGMENT = {"train.augment.gamma": 0.3, "train.augment.blur_prob": 0.2, "t
                   "train.augment.resample_prob": 0.2, "train.augment.resample_scale_min": 0.5}
 SSL = {"method": "simsiam", "positives": "two_views", "epochs": 8, "batch_size": 64, "lr": 0.03,
        "augment": {"crop_scale_min": 0.4, "hflip_prob": 0.5, "rotate_deg": 20, "brightness": 0.3, "contrast": 0.3}}
+FAST = {"train.channels_last": True, "train.cpu_bf16": True}  # the CPU speed options the speed variants time
 SELF_TRAIN = {"rounds": 1, "threshold": 0.9, "epochs": 2, "lr_scale": 0.3}
 
 
@@ -75,6 +76,8 @@ def lever_variants(config: str) -> dict[str, dict]:
                             "adabn": True},
         f"{config}-augment-adabn": {"overrides": ROBUST_AUGMENT, "adabn": True},
         f"{config}-ema-augment-adabn": {"overrides": {"train.averaging": "ema", **ROBUST_AUGMENT}, "adabn": True},
+        f"{config}-adabn-fast": {"overrides": FAST, "adabn": True},
+        f"{config}-augment-adabn-fast": {"overrides": {**ROBUST_AUGMENT, **FAST}, "adabn": True},
     }
 
 

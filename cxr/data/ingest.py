@@ -32,6 +32,11 @@ def resolve_path(path: str) -> Path:
     return Path(path.replace("{data_dir}", str(data_dir()))).expanduser()
 
 
+TABLE_FILTERS = tuple(TableFilter.model_fields)
+FILTERS_APPLIED = {"folders": ("view_positions",), "images": ("view_positions",), "nih": TABLE_FILTERS,
+                   "chexpert": TABLE_FILTERS, "mimic_cxr_jpg": TABLE_FILTERS}  # data.filter fields per source
+
+
 class IngestConfig(BaseModel):
     """Where the images are and how to read their labels (``parameters.data`` in YAML).
 
@@ -88,6 +93,12 @@ class IngestConfig(BaseModel):
             return self
         if self.path is None:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        ignored = [name for name, value in self.filter if value not in (None, False)
+                   and name not in FILTERS_APPLIED.get(self.source, ())]
+        if ignored:
+            applied = ", ".join(FILTERS_APPLIED.get(self.source, ())) or "none"
+            raise ValueError(f"data.filter.{ignored[0]} is not applied by data.source {self.source!r} "
+                             f"(the filters it applies: {applied})")
         if self.sources or self.finding_map:
             raise ValueError(f"data.sources and data.finding_map belong to source 'merged', not {self.source!r}")
         if self.source == "csv" and not self.image_dir:

@@ -64,6 +64,9 @@ CONFIG_CASES = [
      "parameters.adapt.target: 'tset' is a set this run does not have; choose from ['test'] (did you mean 'test'?)"),
     ("nested list item", set_key("parameters.external", [{"name": "a", "data": {"source": "folders"}}]),
      "parameters.external[0].data: data.path is required when data.source is 'folders'"),
+    ("filter the source ignores", set_key("parameters.data.filter", {"image_list": "train_val_list.txt"}),
+     "parameters.data: data.filter.image_list is not applied by data.source 'folders' "
+     "(the filters it applies: view_positions)"),
 ]
 
 
