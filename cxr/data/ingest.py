@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cxr.data.imageset import ImageSet
@@ -32,9 +34,15 @@ def resolve_path(path: str) -> Path:
     return Path(path.replace("{data_dir}", str(data_dir()))).expanduser()
 
 
+def applies_filters(*names: str) -> Callable:
+    """Mark a source with the ``data.filter`` fields it applies; setting any other is a config error."""
+    def mark(source: Callable) -> Callable:
+        source.filters = names
+        return source
+    return mark
+
+
 TABLE_FILTERS = tuple(TableFilter.model_fields)
-FILTERS_APPLIED = {"folders": ("view_positions",), "images": ("view_positions",), "nih": TABLE_FILTERS,
-                   "chexpert": TABLE_FILTERS, "mimic_cxr_jpg": TABLE_FILTERS}  # data.filter fields per source
 
 
 class IngestConfig(BaseModel):
@@ -93,10 +101,10 @@ class IngestConfig(BaseModel):
             return self
         if self.path is None:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
-        ignored = [name for name, value in self.filter if value not in (None, False)
-                   and name not in FILTERS_APPLIED.get(self.source, ())]
+        applied = getattr(SOURCES.get(self.source), "filters", ())
+        ignored = [name for name, value in self.filter if value not in (None, False) and name not in applied]
         if ignored:
-            applied = ", ".join(FILTERS_APPLIED.get(self.source, ())) or "none"
+            applied = ", ".join(applied) or "none"
             raise ValueError(f"data.filter.{ignored[0]} is not applied by data.source {self.source!r} "
                              f"(the filters it applies: {applied})")
         if self.sources or self.finding_map:
@@ -145,6 +153,7 @@ class ExternalSet(BaseModel):
 
 
 @register_source("folders")
+@applies_filters("view_positions")
 def folders_source(cfg: IngestConfig) -> ImageSet:
     """One sub-folder per class; ``negative_class`` gets no label column."""
     return read_class_folders(resolve_path(cfg.path), cfg.negative_class, cfg.patient_id_pattern,
@@ -153,6 +162,7 @@ def folders_source(cfg: IngestConfig) -> ImageSet:
 
 
 @register_source("images")
+@applies_filters("view_positions")
 def images_source(cfg: IngestConfig) -> ImageSet:
     """A flat, unlabelled folder (test or inference images)."""
     return read_image_folder(resolve_path(cfg.path), cfg.label_names, recursive=cfg.recursive,
@@ -173,6 +183,7 @@ def table_filter(cfg: IngestConfig) -> TableFilter:
 
 
 @register_source("nih")
+@applies_filters(*TABLE_FILTERS)
 def nih_source(cfg: IngestConfig) -> ImageSet:
     """A ChestX-ray14 ``Data_Entry`` table plus its image folder."""
     return read_nih_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), table_filter(cfg),
@@ -180,12 +191,14 @@ def nih_source(cfg: IngestConfig) -> ImageSet:
 
 
 @register_source("chexpert")
+@applies_filters(*TABLE_FILTERS)
 def chexpert_source(cfg: IngestConfig) -> ImageSet:
     """CheXpert ``train.csv`` plus the folder its ``Path`` column is relative to."""
     return read_chexpert_table(resolve_path(cfg.path), resolve_path(cfg.image_dir), cfg.policy, table_filter(cfg))
 
 
 @register_source("mimic_cxr_jpg")
+@applies_filters(*TABLE_FILTERS)
 def mimic_source(cfg: IngestConfig) -> ImageSet:
     """MIMIC-CXR-JPG: the CheXpert-labeller CSV, the metadata CSV, [the official split CSV] and the
     folder holding ``files/``."""
