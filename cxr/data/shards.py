@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -51,19 +52,22 @@ class ShardWriter:
         self.buffer = np.empty((shard_size, *self.image_shape), np.uint8)
         self.filled, self.files, self.digests = 0, [], []
 
-    def append(self, image: np.ndarray) -> None:
-        """Add one uint8 (H, W) image; a full buffer goes to disk as the next shard."""
+    def append(self, image: np.ndarray, digest: str | None = None) -> None:
+        """Add one uint8 (H, W) image (``digest``: its known pixel digest, else computed); a full
+        buffer goes to disk as the next shard."""
         if image.shape != self.image_shape or image.dtype != np.uint8:
             raise ValueError(f"shard images must be uint8 {self.image_shape}, got {image.dtype} {image.shape}")
         self.buffer[self.filled] = image
-        self.digests.append(pixel_digest(image))
+        self.digests.append(digest or pixel_digest(image))
         self.filled += 1
         if self.filled == self.shard_size:
             self._flush()
 
-    def extend(self, images: Iterable[np.ndarray]) -> None:
-        for image in images:
-            self.append(image)
+    def extend(self, images: Iterable[np.ndarray] | "ShardedImages") -> None:
+        """Append ``images``; a sharded set's recorded digests are reused, never recomputed."""
+        digests = images.digests() if isinstance(images, ShardedImages) else itertools.repeat(None)
+        for image, digest in zip(images, digests):
+            self.append(image, digest)
 
     def _flush(self) -> None:
         if not self.filled:
@@ -289,10 +293,7 @@ def write_shards(images: np.ndarray | ShardedImages, folder: str, shard_size: in
         return index
     size = images.shard_size if isinstance(images, ShardedImages) else shard_size
     writer = ShardWriter(folder, tuple(images.shape[1:]), size, open_file)
-    chunks = images.chunks() if isinstance(images, ShardedImages) else \
-        (images[i:i + size] for i in range(0, len(images), size))
-    for chunk in chunks:
-        writer.extend(chunk)
+    writer.extend(images)
     return writer.close()
 
 
